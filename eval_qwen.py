@@ -1,0 +1,481 @@
+"""Evaluate a Qwen-VL model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL or a fine-tune) on VSI-Bench.
+
+Edit the config in the `__main__` block at the bottom, then run
+
+    python eval_qwen.py                       # with the values set there
+    python eval_qwen.py --num_frames 16       # any field can be overridden as --field_name value
+    python eval_qwen.py --demo                # tiny random model on a synthetic set, CPU, under a minute
+
+Data flow: data file -> question records -> shards grouped by video (one worker process each)
+-> frames -> prompts -> generations -> shard JSONL -> merged results JSONL -> scores -> log and summary.
+"""
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+import torch
+import transformers
+from tqdm import tqdm
+from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig, HfArgumentParser
+from transformers.utils import is_flash_attn_2_available
+
+import vsibench_acc
+from qwen_vl_utils import VideoError, VideoFrames, load_video
+from util import (
+    DataError,
+    build_prompt,
+    debug_subset,
+    extract_answer,
+    group_by_video,
+    load_questions,
+    read_jsonl,
+    shard_by_video,
+    write_jsonl,
+)
+
+SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+
+
+@dataclass
+class EvalConfig:
+    parquet_file: str = "data/vsibench/test.parquet"  # the VSI-Bench test parquet
+    video_dir: str = "data/vsibench"  # video of a row: {video_dir}/{dataset}/{scene_name}.mp4
+    output_dir_base: str = "results"  # run dir: {output_dir_base}/{model basename}/{YYYYmmdd_HHMMSS}/
+    model_name: str = "Qwen/Qwen2.5-VL-7B-Instruct"  # local checkpoint folder or hub id
+    gpu_ids: str = "0"  # comma-separated CUDA device ids; worker i uses gpu_ids[i % len(gpu_ids)]
+    num_processes: int = 1  # worker processes; the questions are split between them by video
+    num_frames: int = 32  # frames sampled uniformly over the whole video
+    fps: float = 1.0  # > 0 caps the frame count at whole seconds × fps (Spatial-R1's rule); 0 disables
+    target_resolution: list[int] = field(default_factory=lambda: [448, 448])  # frames fit inside (H, W)
+    batch_size: int = 8  # questions of one video answered together (left padding)
+    max_new_tokens: int = 512
+    prompt_type: Literal["default", "official", "thinking", "gemini_api", "gpt4v"] = "default"
+    position_fps: str = "2.0"  # Qwen2.5-VL time code: a number (fps told to the model) or "sampled"
+    use_cognitive_map: bool = False  # not supported yet: the run refuses to start when set
+    offload_cogmap: bool = False
+    cogmap_file_path: str | None = None
+    cogmap_id_key: str = "id"
+    cogmap_cog_key: str = "cognitive_map"
+    debug_mode: bool = False  # evaluate a seeded subset of debug_size questions
+    debug_size: int = 64
+    seed: int = 42
+    demo: bool = False  # build (once) and evaluate a tiny random model on a synthetic VSI-Bench-shaped set
+    demo_dir: str = "demo_data"  # where the demo's model and data live
+    demo_family: Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl"] = "qwen2_5_vl"
+
+
+# What --demo sets, unless the same flag is given on the command line.
+DEMO_SETTINGS = {"num_processes": 1, "batch_size": 4, "max_new_tokens": 16, "output_dir_base": "demo_runs"}
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def parse_config(defaults: EvalConfig, argv: list[str]) -> tuple[EvalConfig, set[str]]:
+    """Command-line overrides on top of `defaults`; also returns the names of the fields given."""
+    parser = HfArgumentParser(EvalConfig)
+    parser.set_defaults(**asdict(defaults))
+    (config,) = parser.parse_args_into_dataclasses(args=argv)
+    names = {f.name for f in fields(EvalConfig)}
+    given = {arg[2:].split("=")[0].replace("-", "_") for arg in argv if arg.startswith("--")}
+    given |= {name[3:] for name in given if name.startswith("no_")}
+    return config, given & names
+
+
+def apply_demo(config: EvalConfig, given: set[str]) -> EvalConfig:
+    """Point the config at the demo assets, building them on first use."""
+    from demo_assets import ensure_demo
+
+    paths = ensure_demo(config.demo_dir, family=config.demo_family)
+    config.model_name, config.parquet_file = str(paths["model"]), str(paths["parquet"])
+    config.video_dir = str(paths["video_dir"])
+    for name, value in DEMO_SETTINGS.items():
+        if name not in given:
+            setattr(config, name, value)
+    return config
+
+
+def check_config(config: EvalConfig) -> None:
+    """Reject settings that cannot work, before anything is loaded."""
+    if config.use_cognitive_map:
+        raise DataError("use_cognitive_map: cognitive maps are not supported yet; set it to false")
+    if len(config.target_resolution) != 2 or min(config.target_resolution) <= 0:
+        raise DataError(f"target_resolution: expected two positive sizes (H W), got {config.target_resolution}")
+    if config.position_fps != "sampled" and not is_positive_number(config.position_fps):
+        raise DataError(f"position_fps: expected a positive number or 'sampled', got {config.position_fps!r}")
+    for name in ("num_frames", "batch_size", "max_new_tokens", "debug_size"):
+        if getattr(config, name) < 1:
+            raise DataError(f"{name}: must be at least 1, got {getattr(config, name)}")
+    if not os.path.isdir(config.video_dir):
+        raise DataError(f"video_dir: {config.video_dir}: no such directory")
+    check_model(config.model_name)
+
+
+def is_positive_number(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
+
+
+def check_model(model_name: str) -> None:
+    """The model must be a Qwen-VL checkpoint: a local folder with its config.json, or a hub id."""
+    looks_local = model_name.startswith(("/", ".", "~")) or model_name.count("/") != 1
+    if os.path.isdir(model_name):
+        config_file = os.path.join(model_name, "config.json")
+        if not os.path.isfile(config_file):
+            raise DataError(f"model_name: {model_name}: no config.json, not a model checkpoint")
+        with open(config_file) as handle:
+            model_type = json.load(handle).get("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise DataError(
+                f"model_name: {config_file}: model_type {model_type!r} is not a Qwen-VL model "
+                f"({', '.join(SUPPORTED_MODEL_TYPES)})"
+            )
+    elif looks_local:
+        raise DataError(f"model_name: {model_name}: no such directory")
+
+
+# ---------------------------------------------------------------- run directory, logging, versions
+
+
+def make_run_dir(config: EvalConfig) -> Path:
+    """A new {output_dir_base}/{model basename}/{YYYYmmdd_HHMMSS}/ folder; never an existing one."""
+    parent = Path(config.output_dir_base) / os.path.basename(config.model_name.rstrip("/"))
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    for suffix in ["", *(f"_{i}" for i in range(1, 100))]:
+        run_dir = parent / f"{stamp}{suffix}"
+        try:
+            run_dir.mkdir(parents=True)
+            return run_dir
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"cannot create a new run directory under {parent}")
+
+
+def setup_logging(log_path: Path, console_level: int = logging.INFO) -> logging.Logger:
+    """Log to the run's log file (every process appends to it) and to the console."""
+    logger = logging.getLogger("eval_qwen")
+    logger.setLevel(logging.INFO)
+    logger.handlers.clear()
+    formatter = logging.Formatter("%(asctime)s [%(processName)s] %(levelname)s %(message)s")
+    file_handler = logging.FileHandler(log_path, mode="a", encoding="utf-8")
+    console = logging.StreamHandler()
+    console.setLevel(console_level)
+    for handler in (file_handler, console):
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    return logger
+
+
+def versions() -> dict:
+    import decord
+    import numpy
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "decord": decord.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def score_settings(config: EvalConfig, workers: list[dict]) -> dict:
+    """What changes scores besides the model: recorded in every summary."""
+    return {
+        "num_frames": config.num_frames,
+        "fps": config.fps,
+        "target_resolution": config.target_resolution,
+        "position_fps": config.position_fps,
+        "prompt_type": config.prompt_type,
+        "max_new_tokens": config.max_new_tokens,
+        "parser": "official",
+        "dtype": sorted({w["dtype"] for w in workers}),
+        "attention": sorted({w["attention"] for w in workers}),
+        "devices": sorted({w["device"] for w in workers}),
+    }
+
+
+def worker_devices(config: EvalConfig) -> list[str]:
+    """Device of each worker: "cuda:<id>" from gpu_ids, round robin, or "cpu" when CUDA is absent."""
+    if not torch.cuda.is_available():
+        return ["cpu"] * config.num_processes
+    gpu_ids = [g.strip() for g in str(config.gpu_ids).split(",") if g.strip()]
+    if not gpu_ids:
+        raise DataError("gpu_ids: empty; give at least one CUDA device id")
+    return [f"cuda:{gpu_ids[rank % len(gpu_ids)]}" for rank in range(config.num_processes)]
+
+
+# ---------------------------------------------------------------- model and generation
+
+
+def load_model(model_name: str, device: str):
+    """Processor and model in eval mode: bf16 + flash-attn (when installed) on GPU, float32 + sdpa on CPU."""
+    on_gpu = device.startswith("cuda")
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    attention = "flash_attention_2" if on_gpu and is_flash_attn_2_available() else "sdpa"
+    processor = AutoProcessor.from_pretrained(model_name)
+    processor.tokenizer.padding_side = "left"
+    model = AutoModelForImageTextToText.from_pretrained(model_name, dtype=dtype, attn_implementation=attention)
+    return model.to(device).eval(), processor, {"dtype": str(dtype).removeprefix("torch."), "attention": attention}
+
+
+def chat_text(processor, prompt: str) -> str:
+    """The chat-formatted model input: the video first, then the prompt (the benchmark's order)."""
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def model_inputs(model, processor, video: VideoFrames, prompts: list[str], position_fps: str) -> dict:
+    """Tokenized, left-padded batch of prompts about one video, with its pixel patches."""
+    inputs = processor(
+        text=[chat_text(processor, p) for p in prompts],
+        videos=[video.frames] * len(prompts),
+        video_metadata=[video.metadata()] * len(prompts),
+        do_sample_frames=False,  # frames are already sampled and resized here
+        do_resize=False,
+        padding=True,
+        return_tensors="pt",
+    )
+    if "second_per_grid_ts" in inputs and position_fps != "sampled":
+        # Qwen2.5-VL's time code: seconds per temporal grid as if the frames were `position_fps` apart.
+        step = processor.video_processor.temporal_patch_size / float(position_fps)
+        inputs["second_per_grid_ts"] = torch.full((len(prompts),), step)
+    return inputs.to(model.device)
+
+
+@torch.inference_mode()
+def generate(model, processor, inputs: dict, max_new_tokens: int) -> list[str]:
+    """Greedy decoding; returns the new text of each row."""
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=model.generation_config.eos_token_id,
+        pad_token_id=processor.tokenizer.pad_token_id,
+    )
+    output = model.generate(**inputs, generation_config=config)  # [B, L + new]
+    new_tokens = output[:, inputs["input_ids"].shape[1] :]
+    return processor.batch_decode(new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def result_record(question: dict, prompt: str, prediction: str, video: VideoFrames | None, error: str | None) -> dict:
+    record = {key: question[key] for key in ("id", "dataset", "scene_name", "question_type", "question")}
+    record |= {
+        "options": question["options"],
+        "ground_truth": question["ground_truth"],
+        "prompt": prompt,
+        "prediction": prediction,
+        "answer": extract_answer(prediction),
+        "frame_indices": video.frame_indices if video else None,
+        "frame_timestamps": video.timestamps if video else None,
+        "video_duration": video.duration if video else None,
+        "error": error,
+    }
+    record["score"] = vsibench_acc.score_record(record)
+    return record
+
+
+# ---------------------------------------------------------------- one worker process
+
+
+def evaluate_shard(rank: int, device: str, config: EvalConfig, questions: list[dict], run_dir: str) -> None:
+    """Answer one shard's questions video by video; append records to the shard file after every batch."""
+    if device.startswith("cuda"):
+        # Pin this worker to its GPU before CUDA starts, whatever the id; inside, it is cuda:0.
+        os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":")[1]
+        device = "cuda:0"
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.num_processes))
+    run_dir = Path(run_dir)
+    log = setup_logging(run_dir / f"vsibench_eval_{config.prompt_type}.log", console_level=logging.WARNING)
+    started = time.perf_counter()
+    transformers.utils.logging.disable_progress_bar()
+    model, processor, info = load_model(config.model_name, device)
+    device_name = torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or "cpu"
+    log.info(
+        f"worker {rank}: {len(questions)} questions, device {device} ({device_name}), "
+        f"dtype {info['dtype']}, attention {info['attention']}, model loaded in {time.perf_counter() - started:.1f}s"
+    )
+    video_processor = processor.video_processor
+    factor = video_processor.patch_size * video_processor.merge_size
+    timings = {"decode": 0.0, "generate": 0.0}
+    shard_path = run_dir / "shards" / f"shard_{rank}.jsonl"
+    with (
+        open(shard_path, "a", encoding="utf-8") as shard,
+        tqdm(
+            total=len(questions), desc=f"worker {rank} ({device})", unit="q", position=rank, dynamic_ncols=True
+        ) as bar,
+    ):
+        for video_path, video_questions in group_by_video(questions).items():
+            tick = time.perf_counter()
+            video, video_error = None, None
+            try:
+                video = load_video(video_path, config.num_frames, config.fps, tuple(config.target_resolution), factor)
+            except VideoError as error:
+                video_error = str(error)
+                log.error(f"worker {rank}: {video_error}; its {len(video_questions)} questions score 0")
+            timings["decode"] += time.perf_counter() - tick
+
+            for start in range(0, len(video_questions), config.batch_size):
+                batch = video_questions[start : start + config.batch_size]
+                prompts = [build_prompt(q, config.prompt_type) for q in batch]
+                predictions, error = [""] * len(batch), video_error
+                if video is not None:
+                    tick = time.perf_counter()
+                    try:
+                        inputs = model_inputs(model, processor, video, prompts, config.position_fps)
+                        predictions = generate(model, processor, inputs, config.max_new_tokens)
+                    except Exception as failure:  # recorded on each question and logged with its traceback
+                        error = f"generation failed: {type(failure).__name__}: {failure}"
+                        log.exception(f"worker {rank}: ids {[q['id'] for q in batch]}: {error}")
+                    timings["generate"] += time.perf_counter() - tick
+                for question, prompt, prediction in zip(batch, prompts, predictions, strict=True):
+                    record = result_record(question, prompt, prediction, video, error)
+                    shard.write(json.dumps(record, ensure_ascii=False) + "\n")
+                shard.flush()
+                bar.update(len(batch))
+
+    elapsed = time.perf_counter() - started
+    report = {"rank": rank, "device": device_name, "questions": len(questions), **info}
+    report["seconds"] = {name: round(value, 3) for name, value in {**timings, "total": elapsed}.items()}
+    (run_dir / "shards" / f"worker_{rank}.json").write_text(json.dumps(report))
+    log.info(
+        f"worker {rank}: done, {len(questions)} questions in {elapsed:.1f}s "
+        f"(decode {timings['decode']:.1f}s, generate {timings['generate']:.1f}s)"
+    )
+
+
+# ---------------------------------------------------------------- orchestration
+
+
+def run_workers(config: EvalConfig, shards: list[list[dict]], run_dir: Path, log: logging.Logger) -> list[int]:
+    """One spawned process per non-empty shard; returns the ranks whose process failed."""
+    devices = worker_devices(config)
+    context = mp.get_context("spawn")  # CUDA cannot be forked; each worker starts clean
+    workers = {}
+    for rank, shard in enumerate(shards):
+        if not shard:
+            continue
+        log.info(f"worker {rank}: {len(shard)} questions on {devices[rank]}")
+        process = context.Process(
+            target=evaluate_shard, args=(rank, devices[rank], config, shard, str(run_dir)), name=f"worker-{rank}"
+        )
+        process.start()
+        workers[rank] = process
+    for process in workers.values():
+        process.join()
+    return [rank for rank, process in workers.items() if process.exitcode != 0]
+
+
+def merge_shards(run_dir: Path, questions: list[dict], results_path: Path) -> list[dict]:
+    """All shard records in one JSONL sorted by id, one record per question asked."""
+    wanted = {q["id"] for q in questions}
+    by_id = {}
+    for shard_path in sorted((run_dir / "shards").glob("shard_*.jsonl")):
+        for record in read_jsonl(str(shard_path)):
+            if record["id"] in wanted:
+                by_id[record["id"]] = record
+    records = [by_id[i] for i in sorted(by_id)]
+    write_jsonl(str(results_path), records)
+    return records
+
+
+def main(defaults: EvalConfig, argv: list[str] | None = None) -> int:
+    config, given = parse_config(defaults, sys.argv[1:] if argv is None else argv)
+    try:
+        if config.demo:
+            config = apply_demo(config, given)
+        check_config(config)
+        questions = load_questions(config.parquet_file, config.video_dir)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if config.debug_mode:
+        questions = debug_subset(questions, config.debug_size, config.seed)
+
+    run_dir = make_run_dir(config)
+    (run_dir / "shards").mkdir()
+    log_path = run_dir / f"vsibench_eval_{config.prompt_type}.log"
+    results_path = run_dir / f"vsibench_results_{config.prompt_type}.jsonl"
+    log = setup_logging(log_path)
+    (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    run_versions = versions()
+    log.info(f"run directory: {run_dir}")
+    log.info("config: " + json.dumps(asdict(config)))
+    log.info("versions: " + json.dumps(run_versions))
+    log.info(
+        f"{len(questions)} questions over {len(group_by_video(questions))} videos"
+        + (f" (debug subset, seed {config.seed})" if config.debug_mode else "")
+    )
+
+    started = time.perf_counter()
+    shards = shard_by_video(questions, config.num_processes)
+    failed_ranks = run_workers(config, shards, run_dir, log)
+    elapsed = time.perf_counter() - started
+
+    records = merge_shards(run_dir, questions, results_path)
+    result = vsibench_acc.aggregate(records)
+    workers = [json.loads(p.read_text()) for p in sorted((run_dir / "shards").glob("worker_*.json"))]
+    failed_videos = sorted({r["scene_name"] for r in records if r["error"] and "video" in r["error"]})
+    summary = {
+        **result,
+        "run_dir": str(run_dir),
+        "results_file": str(results_path),
+        "model_name": config.model_name,
+        "prompt_type": config.prompt_type,
+        "questions_expected": len(questions),
+        "failed_videos": failed_videos,
+        "failed_workers": failed_ranks,
+        "seconds": round(elapsed, 2),
+        "questions_per_second": round(len(records) / elapsed, 3) if elapsed > 0 else None,
+        "versions": run_versions,
+        "settings": score_settings(config, workers),
+        "workers": workers,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.info(f"{len(records)} questions in {elapsed:.1f}s ({summary['questions_per_second']} questions/s)")
+    log.info("accuracy (%):\n" + vsibench_acc.format_table(result))
+    log.info(f"results: {results_path}")
+    log.info(f"log: {log_path}")
+    if failed_ranks or len(records) != len(questions):
+        missing = len(questions) - len(records)
+        log.error(f"worker(s) {failed_ranks} failed; {missing} questions have no result")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    # Edit these values for your run; any of them can be overridden on the command line as --field_name value.
+    config = EvalConfig(
+        parquet_file="data/vsibench/test.parquet",
+        video_dir="data/vsibench",
+        output_dir_base="results",
+        model_name="Qwen/Qwen2.5-VL-7B-Instruct",
+        gpu_ids="0,1,2,3",
+        num_processes=4,
+        num_frames=32,
+        fps=1.0,
+        target_resolution=[448, 448],
+        batch_size=8,
+        max_new_tokens=512,
+        prompt_type="default",
+        use_cognitive_map=False,
+        offload_cogmap=False,
+        cogmap_file_path=None,
+        cogmap_id_key="id",
+        cogmap_cog_key="cognitive_map",
+        debug_mode=False,
+        debug_size=64,
+        seed=42,
+    )
+    sys.exit(main(config))

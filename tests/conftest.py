@@ -1,0 +1,55 @@
+"""Shared fixtures: demo assets built once per test session, and a runner for eval_qwen.main."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import eval_qwen
+from demo_assets import ensure_demo
+
+
+@pytest.fixture(scope="session")
+def demo_dirs(tmp_path_factory):
+    """Demo assets (tiny checkpoint + synthetic VSI-Bench set) per model family, built on first use."""
+    built = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = tmp_path_factory.mktemp(f"demo_{family}")
+            ensure_demo(built[family], family=family)
+        return built[family]
+
+    return get
+
+
+def run_eval(argv: list[str]) -> tuple[int, Path | None]:
+    """Run the evaluator as `python eval_qwen.py ARGV` would; returns the exit status and the new run dir."""
+    out = Path(argv[argv.index("--output_dir_base") + 1])
+    before = set(out.glob("*/*")) if out.exists() else set()
+    status = eval_qwen.main(eval_qwen.EvalConfig(), argv)
+    created = sorted(set(out.glob("*/*")) - before) if out.exists() else []
+    return status, (created[-1] if created else None)
+
+
+def read_results(run_dir: Path, prompt_type: str = "default") -> list[dict]:
+    path = run_dir / f"vsibench_results_{prompt_type}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_dirs, tmp_path_factory):
+    """Demo runs, cached per (family, extra flags)."""
+    runs = {}
+
+    def get(family: str, *extra: str) -> Path:
+        key = (family, *extra)
+        if key not in runs:
+            out = tmp_path_factory.mktemp("runs")
+            argv = ["--demo", "--demo_dir", str(demo_dirs(family)), "--demo_family", family, "--output_dir_base"]
+            status, run_dir = run_eval([*argv, str(out), *extra])
+            assert status == 0, f"run {key} exited {status}"
+            runs[key] = run_dir
+        return runs[key]
+
+    return get

@@ -1,0 +1,107 @@
+"""The evaluator end to end on the demo set: every model family, sharding, outputs, rescoring, bad input."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import read_results, run_eval
+
+import vsibench_acc
+from eval_qwen import EvalConfig, parse_config
+from util import build_prompt, debug_subset, load_questions
+
+RECORD_KEYS = {
+    "id", "dataset", "scene_name", "question_type", "question", "options", "ground_truth", "prompt",
+    "prediction", "answer", "score", "frame_indices", "frame_timestamps", "video_duration", "error",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_each_family_runs_end_to_end(family, demo_dirs, demo_run):
+    run_dir = demo_run(family)
+    questions = load_questions(str(demo_dirs(family) / "vsibench" / "test.parquet"), "unused")
+    records = read_results(run_dir)
+    assert [r["id"] for r in records] == [q["id"] for q in questions]  # one line per question, sorted by id
+    for record, question in zip(records, questions, strict=True):
+        assert RECORD_KEYS <= set(record)
+        assert record["error"] is None
+        assert record["prompt"] == build_prompt(question, "default")
+        assert record["prediction"] and 0.0 <= record["score"] <= 1.0
+        assert len(record["frame_indices"]) == len(record["frame_timestamps"]) >= 1
+        assert record["frame_indices"] == sorted(record["frame_indices"])
+    # fps 1 caps short videos; a video longer than 32 s gets the full 32 frames
+    counts = {r["scene_name"]: (len(r["frame_indices"]), r["video_duration"]) for r in records}
+    for frames, duration in counts.values():
+        assert frames == min(32, int(duration))
+    assert {"config.json", "summary.json", "vsibench_eval_default.log"} <= {p.name for p in run_dir.iterdir()}
+
+
+def test_rescoring_the_results_file_matches_log_and_summary(demo_run, capsys):
+    run_dir = demo_run("qwen2_5_vl")
+    results = run_dir / "vsibench_results_default.jsonl"
+    vsibench_acc.main([str(results), "--json"])
+    rescored = json.loads(capsys.readouterr().out)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {k: summary[k] for k in rescored} == rescored
+    assert rescored["n"] == 40 and rescored["failed"] == 0 and len(rescored["tasks"]) == 8
+    log = (run_dir / "vsibench_eval_default.log").read_text()
+    assert vsibench_acc.format_table(rescored) in log
+    for needle in ('"transformers": "5.', "attention sdpa", "dtype float32", "questions/s"):
+        assert needle in log
+    assert summary["settings"]["attention"] == ["sdpa"] and summary["versions"]["torch"]
+
+
+def test_two_workers_give_exactly_the_results_of_one(demo_run):
+    one = read_results(demo_run("qwen2_5_vl"))
+    two_dir = demo_run("qwen2_5_vl", "--num_processes", "2")
+    assert len(list((two_dir / "shards").glob("shard_*.jsonl"))) == 2
+    assert read_results(two_dir) == one
+
+
+def test_debug_subset_runs_the_seeded_questions(demo_dirs, demo_run):
+    run_dir = demo_run("qwen2_5_vl", "--debug_mode", "true", "--debug_size", "6", "--seed", "3")
+    questions = load_questions(str(demo_dirs("qwen2_5_vl") / "vsibench" / "test.parquet"), "unused")
+    assert [r["id"] for r in read_results(run_dir)] == [q["id"] for q in debug_subset(questions, 6, 3)]
+
+
+def test_missing_video_scores_zero_and_is_counted(demo_dirs, tmp_path):
+    demo = tmp_path / "demo"
+    shutil.copytree(demo_dirs("qwen2_5_vl"), demo)
+    victim = sorted((demo / "vsibench" / "scannet").glob("*.mp4"))[0]
+    victim.unlink()
+    argv = ["--demo", "--demo_dir", str(demo), "--output_dir_base", str(tmp_path / "runs")]
+    status, run_dir = run_eval([*argv, "--debug_mode", "true", "--debug_size", "40"])
+    assert status == 0
+    records = read_results(run_dir)
+    failed = [r for r in records if r["error"]]
+    assert len(records) == 40 and len(failed) == 10
+    assert all(r["scene_name"] == victim.stem and "video file not found" in r["error"] for r in failed)
+    assert all(r["score"] == 0.0 and r["prediction"] == "" for r in failed)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["failed"] == 10 and summary["failed_videos"] == [victim.stem] and summary["n"] == 40
+
+
+def test_cli_overrides_any_field():
+    defaults = EvalConfig(num_frames=32, prompt_type="default")
+    argv = ["--num_frames", "8", "--target_resolution", "224", "336", "--debug_mode", "--prompt_type", "thinking"]
+    config, given = parse_config(defaults, argv)
+    assert config.num_frames == 8 and config.target_resolution == [224, 336]
+    assert config.debug_mode is True and config.prompt_type == "thinking"
+    assert config.batch_size == defaults.batch_size
+    assert given == {"num_frames", "target_resolution", "debug_mode", "prompt_type"}
+
+
+def test_bad_data_file_exits_2_before_loading_a_model(demo_dirs, tmp_path):
+    demo = demo_dirs("qwen2_5_vl")
+    argv = [sys.executable, "eval_qwen.py", "--model_name", str(demo / "model"), "--video_dir", str(demo / "vsibench")]
+    missing = subprocess.run([*argv, "--parquet_file", str(tmp_path / "nope.parquet")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "nope.parquet: data file not found" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    not_a_model = subprocess.run(
+        [*argv[:3], str(tmp_path), *argv[4:], "--parquet_file", str(demo / "vsibench" / "test.parquet")],
+        capture_output=True,
+        text=True,
+    )
+    assert not_a_model.returncode == 2 and "no config.json" in not_a_model.stderr

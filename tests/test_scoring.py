@@ -1,0 +1,112 @@
+"""The official VSI-Bench metric on hand-computed cases, including the quirks listed in NOTES.md."""
+
+import json
+
+import pytest
+
+import vsibench_acc
+from vsibench_acc import MRA_THRESHOLDS, aggregate, first_token, mean_relative_accuracy, score_answer, score_record
+
+
+def test_ten_thresholds_from_the_float_quotient():
+    assert len(MRA_THRESHOLDS) == 10
+    assert MRA_THRESHOLDS[0] == pytest.approx(0.5) and MRA_THRESHOLDS[-1] == pytest.approx(0.95)
+
+
+@pytest.mark.parametrize(
+    "text, token",
+    [("A. Back", "A"), ("A.", "A"), (" A", ""), ("3 meters", "3"), ("B\n", "B"), ("Answer: A", "Answer:")],
+)
+def test_first_token(text, token):
+    assert first_token(text) == token
+
+
+@pytest.mark.parametrize(
+    "pred, gt, expected",
+    [
+        (3.0, 3.0, 1.0),  # exact
+        (3.3, 3.0, 0.9),  # 10 % off: thresholds 0.50..0.90 pass
+        (4.0, 3.0, 0.4),  # 33 % off
+        (1.5, 3.0, 0.1),  # 50 % off passes only 0.50 (<=, not <)
+        (0.0, 3.0, 0.0),
+        (10.0, 3.0, 0.0),
+        (2.85, 3.0, 1.0),  # 5 % off passes 0.95 as well
+    ],
+)
+def test_mean_relative_accuracy(pred, gt, expected):
+    assert mean_relative_accuracy(pred, gt) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [("A", 1.0), ("a", 1.0), ("A. Back", 1.0), ("A.", 1.0), (" A", 0.0), ("(A)", 0.0), ("Answer: A", 0.0), ("B", 0.0)],
+)
+def test_multiple_choice_first_token_rule(answer, expected):
+    assert score_answer(answer, "A", "route_planning") == expected
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [("3", 1.0), ("3.", 1.0), ("3 meters", 1.0), ("3m", 0.0), ("three", 0.0), ("1,200", 0.0), ("4", 0.4), ("", 0.0)],
+)
+def test_numerical_parsing(answer, expected):
+    assert score_answer(answer, "3", "object_abs_distance") == pytest.approx(expected)
+
+
+def test_answer_span_is_scored_when_present():
+    record = {
+        "prediction": "<think>two chairs and one more</think> <answer> 3 </answer>",
+        "ground_truth": "3",
+        "question_type": "object_counting",
+        "error": None,
+    }
+    assert score_record(record) == 1.0
+    record["prediction"] = "<think>..</think><answer>B</answer>"
+    record |= {"ground_truth": "B", "question_type": "object_rel_distance"}
+    assert score_record(record) == 1.0
+
+
+def test_failed_record_scores_zero_even_with_right_text():
+    record = {"prediction": "A", "ground_truth": "A", "question_type": "route_planning", "error": "video missing"}
+    assert score_record(record) == 0.0
+
+
+def rec(qtype, prediction, gt, error=None):
+    return {"question_type": qtype, "prediction": prediction, "ground_truth": gt, "error": error}
+
+
+def test_aggregate_macro_and_rel_direction_merge():
+    records = [
+        rec("object_rel_direction_easy", "A", "A"),  # easy mean 1.0
+        rec("object_rel_direction_medium", "A", "B"),  # medium 0.0
+        rec("object_rel_direction_medium", "B", "B"),  # medium -> 0.5
+        rec("object_rel_direction_hard", "C", "C"),  # hard 1.0
+        rec("object_counting", "4", "3"),  # 0.4
+        rec("object_counting", "3", "3", error="video missing"),  # failed: 0, counted
+    ]
+    result = aggregate(records)
+    # rel_direction = mean(1.0, 0.5, 1.0), not the pooled 3/4
+    assert result["tasks"]["object_rel_direction"] == pytest.approx(100 * 2.5 / 3)
+    assert result["tasks"]["object_counting"] == pytest.approx(20.0)
+    assert result["overall"] == pytest.approx((100 * 2.5 / 3 + 20.0) / 2)
+    assert result["n"] == 6 and result["failed"] == 1 and result["parser"] == "official"
+    assert set(result["tasks"]) == {"object_rel_direction", "object_counting"}
+
+
+def test_cli_json_is_one_object(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    rows = [rec("object_counting", "3", "3"), rec("route_planning", "B", "A")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert vsibench_acc.main([str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"overall", "tasks", "n", "failed", "parser"}
+    assert out["tasks"] == {"object_counting": 100.0, "route_planning": 0.0}
+    assert out["overall"] == 50.0 and out["n"] == 2
+
+
+def test_cli_table(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(rec("object_counting", "3", "3")) + "\n")
+    vsibench_acc.main([str(path)])
+    out = capsys.readouterr().out
+    assert "object_counting" in out and "100.00" in out and "Overall (macro)" in out
