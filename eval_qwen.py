@@ -15,10 +15,13 @@ import logging
 import multiprocessing as mp
 import os
 import platform
+import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -37,7 +40,6 @@ from util import (
     extract_answer,
     group_by_video,
     load_questions,
-    read_jsonl,
     shard_by_video,
     write_jsonl,
 )
@@ -68,10 +70,15 @@ class EvalConfig:
     debug_mode: bool = False  # evaluate a seeded subset of debug_size questions
     debug_size: int = 64
     seed: int = 42
+    trust_remote_code: bool = False  # let transformers run code shipped with the checkpoint
+    resume: str | None = None  # a run directory to continue with its saved config
     demo: bool = False  # build (once) and evaluate a tiny random model on a synthetic VSI-Bench-shaped set
     demo_dir: str = "demo_data"  # where the demo's model and data live
     demo_family: Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl"] = "qwen2_5_vl"
 
+
+# What --resume may change: where and how wide the work runs, never what is computed.
+RESUME_OVERRIDABLE = {"gpu_ids", "num_processes"}
 
 # What --demo sets, unless the same flag is given on the command line.
 DEMO_SETTINGS = {"num_processes": 1, "batch_size": 4, "max_new_tokens": 16, "output_dir_base": "demo_runs"}
@@ -219,14 +226,16 @@ def worker_devices(config: EvalConfig) -> list[str]:
 # ---------------------------------------------------------------- model and generation
 
 
-def load_model(model_name: str, device: str):
+def load_model(model_name: str, device: str, trust_remote_code: bool = False):
     """Processor and model in eval mode: bf16 + flash-attn (when installed) on GPU, float32 + sdpa on CPU."""
     on_gpu = device.startswith("cuda")
     dtype = torch.bfloat16 if on_gpu else torch.float32
     attention = "flash_attention_2" if on_gpu and is_flash_attn_2_available() else "sdpa"
-    processor = AutoProcessor.from_pretrained(model_name)
+    processor = AutoProcessor.from_pretrained(model_name, trust_remote_code=trust_remote_code)
     processor.tokenizer.padding_side = "left"
-    model = AutoModelForImageTextToText.from_pretrained(model_name, dtype=dtype, attn_implementation=attention)
+    model = AutoModelForImageTextToText.from_pretrained(
+        model_name, dtype=dtype, attn_implementation=attention, trust_remote_code=trust_remote_code
+    )
     return model.to(device).eval(), processor, {"dtype": str(dtype).removeprefix("torch."), "attention": attention}
 
 
@@ -268,6 +277,13 @@ def generate(model, processor, inputs: dict, max_new_tokens: int) -> list[str]:
     return processor.batch_decode(new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
+VIDEO_FAILED = "video failed"  # the start of a record's error when its video could not be read
+
+
+def is_video_error(error: str | None) -> bool:
+    return bool(error) and error.startswith(VIDEO_FAILED)
+
+
 def result_record(question: dict, prompt: str, prediction: str, video: VideoFrames | None, error: str | None) -> dict:
     record = {key: question[key] for key in ("id", "dataset", "scene_name", "question_type", "question")}
     record |= {
@@ -288,8 +304,48 @@ def result_record(question: dict, prompt: str, prediction: str, video: VideoFram
 # ---------------------------------------------------------------- one worker process
 
 
-def evaluate_shard(rank: int, device: str, config: EvalConfig, questions: list[dict], run_dir: str) -> None:
-    """Answer one shard's questions video by video; append records to the shard file after every batch."""
+def decoded_videos(video_paths: list[str], config: EvalConfig, factor: int):
+    """Yield (path, frames or None, error or None, decode seconds) per video, decoding the next video in a
+    background thread while the caller works on the current one."""
+
+    def decode(path: str):
+        tick = time.perf_counter()
+        try:
+            frames = load_video(path, config.num_frames, config.fps, tuple(config.target_resolution), factor)
+            return path, frames, None, time.perf_counter() - tick
+        except VideoError as error:
+            return path, None, f"{VIDEO_FAILED}: {error}", time.perf_counter() - tick
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(decode, video_paths[0]) if video_paths else None
+        for next_path in [*video_paths[1:], None]:
+            current = pending.result()
+            pending = pool.submit(decode, next_path) if next_path else None
+            yield current
+
+
+def answer_batch(generate_batch, prompts: list[str]) -> list[tuple[str, str | None]]:
+    """(prediction, error) per prompt. A batch that runs out of GPU memory is retried in halves, down to
+    single questions, before the error is recorded."""
+    try:
+        return [(prediction, None) for prediction in generate_batch(prompts)]
+    except torch.OutOfMemoryError as error:
+        if len(prompts) == 1:
+            return [("", f"out of memory: {error}")]
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = len(prompts) // 2
+        return answer_batch(generate_batch, prompts[:half]) + answer_batch(generate_batch, prompts[half:])
+
+
+def evaluate_shard(
+    rank: int, device: str, config: EvalConfig, questions: list[dict], done_ids: set[int], run_dir: str
+) -> None:
+    """Answer one shard's questions video by video, appending records to the shard file after every batch.
+
+    Batches are the same fixed chunks of each video's questions in every run, so a resumed run skips the
+    batches already written and recomputes a torn one whole: results equal those of an uninterrupted run.
+    """
     if device.startswith("cuda"):
         # Pin this worker to its GPU before CUDA starts, whatever the id; inside, it is cuda:0.
         os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":")[1]
@@ -298,59 +354,74 @@ def evaluate_shard(rank: int, device: str, config: EvalConfig, questions: list[d
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.num_processes))
     run_dir = Path(run_dir)
     log = setup_logging(run_dir / f"vsibench_eval_{config.prompt_type}.log", console_level=logging.WARNING)
+    try:
+        evaluate_questions(rank, device, config, questions, done_ids, run_dir, log)
+    except KeyboardInterrupt:
+        sys.exit(130)  # the parent reports the interruption; finished batches are on disk
+    except BaseException:
+        log.exception(f"worker {rank} (pid {os.getpid()}) failed")
+        raise
+
+
+def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path, log: logging.Logger) -> None:
     started = time.perf_counter()
     transformers.utils.logging.disable_progress_bar()
-    model, processor, info = load_model(config.model_name, device)
+    model, processor, info = load_model(config.model_name, device, config.trust_remote_code)
     device_name = torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or "cpu"
+    todo = [q for q in questions if q["id"] not in done_ids]
     log.info(
-        f"worker {rank}: {len(questions)} questions, device {device} ({device_name}), "
-        f"dtype {info['dtype']}, attention {info['attention']}, model loaded in {time.perf_counter() - started:.1f}s"
+        f"worker {rank} (pid {os.getpid()}): {len(todo)} of {len(questions)} questions to answer, device {device} "
+        f"({device_name}), dtype {info['dtype']}, attention {info['attention']}, "
+        f"model loaded in {time.perf_counter() - started:.1f}s"
     )
-    video_processor = processor.video_processor
-    factor = video_processor.patch_size * video_processor.merge_size
+    factor = processor.video_processor.patch_size * processor.video_processor.merge_size
     timings = {"decode": 0.0, "generate": 0.0}
+    todo_ids = {q["id"] for q in todo}
+    groups = {path: qs for path, qs in group_by_video(questions).items() if any(q["id"] in todo_ids for q in qs)}
+
+    def generate_batch(video: VideoFrames, prompts: list[str]) -> list[str]:
+        inputs = model_inputs(model, processor, video, prompts, config.position_fps)
+        return generate(model, processor, inputs, config.max_new_tokens)
+
     shard_path = run_dir / "shards" / f"shard_{rank}.jsonl"
     with (
         open(shard_path, "a", encoding="utf-8") as shard,
-        tqdm(
-            total=len(questions), desc=f"worker {rank} ({device})", unit="q", position=rank, dynamic_ncols=True
-        ) as bar,
+        tqdm(total=len(todo), desc=f"worker {rank} ({device})", unit="q", position=rank, dynamic_ncols=True) as bar,
     ):
-        for video_path, video_questions in group_by_video(questions).items():
-            tick = time.perf_counter()
-            video, video_error = None, None
-            try:
-                video = load_video(video_path, config.num_frames, config.fps, tuple(config.target_resolution), factor)
-            except VideoError as error:
-                video_error = str(error)
-                log.error(f"worker {rank}: {video_error}; its {len(video_questions)} questions score 0")
-            timings["decode"] += time.perf_counter() - tick
-
+        for video_path, video, video_error, decode_seconds in decoded_videos(list(groups), config, factor):
+            timings["decode"] += decode_seconds
+            if video_error:
+                log.error(f"worker {rank}: {video_error}; its questions score 0")
+            video_questions = groups[video_path]
             for start in range(0, len(video_questions), config.batch_size):
                 batch = video_questions[start : start + config.batch_size]
+                if all(q["id"] in done_ids for q in batch):
+                    continue
                 prompts = [build_prompt(q, config.prompt_type) for q in batch]
-                predictions, error = [""] * len(batch), video_error
-                if video is not None:
-                    tick = time.perf_counter()
+                tick = time.perf_counter()
+                if video is None:
+                    answers = [("", video_error)] * len(batch)
+                else:
                     try:
-                        inputs = model_inputs(model, processor, video, prompts, config.position_fps)
-                        predictions = generate(model, processor, inputs, config.max_new_tokens)
-                    except Exception as failure:  # recorded on each question and logged with its traceback
+                        answers = answer_batch(partial(generate_batch, video), prompts)
+                    except Exception as failure:  # recorded on each question, logged with its traceback
                         error = f"generation failed: {type(failure).__name__}: {failure}"
                         log.exception(f"worker {rank}: ids {[q['id'] for q in batch]}: {error}")
-                    timings["generate"] += time.perf_counter() - tick
-                for question, prompt, prediction in zip(batch, prompts, predictions, strict=True):
-                    record = result_record(question, prompt, prediction, video, error)
-                    shard.write(json.dumps(record, ensure_ascii=False) + "\n")
+                        answers = [("", error)] * len(batch)
+                timings["generate"] += time.perf_counter() - tick
+                for question, prompt, (prediction, error) in zip(batch, prompts, answers, strict=True):
+                    if question["id"] not in done_ids:
+                        record = result_record(question, prompt, prediction, video, error)
+                        shard.write(json.dumps(record, ensure_ascii=False) + "\n")
                 shard.flush()
-                bar.update(len(batch))
+                bar.update(sum(q["id"] not in done_ids for q in batch))
 
     elapsed = time.perf_counter() - started
-    report = {"rank": rank, "device": device_name, "questions": len(questions), **info}
+    report = {"rank": rank, "device": device_name, "questions": len(todo), **info}
     report["seconds"] = {name: round(value, 3) for name, value in {**timings, "total": elapsed}.items()}
     (run_dir / "shards" / f"worker_{rank}.json").write_text(json.dumps(report))
     log.info(
-        f"worker {rank}: done, {len(questions)} questions in {elapsed:.1f}s "
+        f"worker {rank}: done, {len(todo)} questions in {elapsed:.1f}s "
         f"(decode {timings['decode']:.1f}s, generate {timings['generate']:.1f}s)"
     )
 
@@ -358,42 +429,102 @@ def evaluate_shard(rank: int, device: str, config: EvalConfig, questions: list[d
 # ---------------------------------------------------------------- orchestration
 
 
-def run_workers(config: EvalConfig, shards: list[list[dict]], run_dir: Path, log: logging.Logger) -> list[int]:
-    """One spawned process per non-empty shard; returns the ranks whose process failed."""
+def run_workers(
+    config: EvalConfig, shards: list[list[dict]], done_ids: set[int], run_dir: Path, log: logging.Logger
+) -> dict[int, str]:
+    """One spawned process per shard with work left; returns {rank: why it failed} for failed workers.
+
+    A failed worker does not stop the others: they finish their shards. Ctrl-C stops all of them.
+    """
     devices = worker_devices(config)
     context = mp.get_context("spawn")  # CUDA cannot be forked; each worker starts clean
     workers = {}
     for rank, shard in enumerate(shards):
-        if not shard:
+        todo = sum(q["id"] not in done_ids for q in shard)
+        if not todo:
             continue
-        log.info(f"worker {rank}: {len(shard)} questions on {devices[rank]}")
+        log.info(f"worker {rank}: {todo} questions on {devices[rank]}")
+        shard_done = {q["id"] for q in shard} & done_ids
         process = context.Process(
-            target=evaluate_shard, args=(rank, devices[rank], config, shard, str(run_dir)), name=f"worker-{rank}"
+            target=evaluate_shard,
+            args=(rank, devices[rank], config, shard, shard_done, str(run_dir)),
+            name=f"worker-{rank}",
         )
         process.start()
         workers[rank] = process
-    for process in workers.values():
-        process.join()
-    return [rank for rank, process in workers.items() if process.exitcode != 0]
+    try:
+        for process in workers.values():
+            process.join()
+    except KeyboardInterrupt:
+        log.error("interrupted: stopping the workers")
+        for process in workers.values():
+            process.terminate()
+            process.join()
+        return {rank: "interrupted" for rank in workers}
+    return {rank: exit_reason(p.exitcode) for rank, p in workers.items() if p.exitcode != 0}
 
 
-def merge_shards(run_dir: Path, questions: list[dict], results_path: Path) -> list[dict]:
-    """All shard records in one JSONL sorted by id, one record per question asked."""
-    wanted = {q["id"] for q in questions}
-    by_id = {}
-    for shard_path in sorted((run_dir / "shards").glob("shard_*.jsonl")):
-        for record in read_jsonl(str(shard_path)):
-            if record["id"] in wanted:
-                by_id[record["id"]] = record
-    records = [by_id[i] for i in sorted(by_id)]
-    write_jsonl(str(results_path), records)
+def exit_reason(exitcode: int) -> str:
+    if exitcode < 0:
+        return f"killed by signal {signal.Signals(-exitcode).name}"
+    return f"exited with status {exitcode}"
+
+
+def read_shard(path: Path, log: logging.Logger) -> list[dict]:
+    """Records of one shard file. A torn last line (a process killed mid-write) is cut off the file, so
+    that appending goes on from a clean line; a bad line elsewhere is an error naming file and line."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    complete, tail = lines[:-1], lines[-1]  # tail: the bytes after the last newline
+    records = []
+    for number, line in enumerate(complete, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(complete):
+                raise DataError(f"{path}: line {number}: not valid JSON") from None
+            tail = line + b"\n" + tail  # the last newline-terminated line can be torn too
+    if tail:
+        log.warning(f"{path}: discarding a torn last line ({len(tail)} bytes) left by an interrupted worker")
+        with open(path, "r+b") as handle:
+            handle.truncate(len(data) - len(tail))
     return records
+
+
+def shard_records(run_dir: Path, log: logging.Logger) -> dict[int, dict]:
+    """Every finished record of a run, by id."""
+    by_id = {}
+    for path in sorted((run_dir / "shards").glob("shard_*.jsonl")):
+        for record in read_shard(path, log):
+            by_id[record["id"]] = record
+    return by_id
+
+
+def resume_config(run_dir: Path, given: set[str], overrides: EvalConfig) -> EvalConfig:
+    """The config saved in a run directory; only settings that cannot change results may be overridden."""
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise DataError(f"resume: {config_file}: not found; is {run_dir} a run directory?")
+    saved = json.loads(config_file.read_text())
+    unknown = set(saved) - {f.name for f in fields(EvalConfig)}
+    if unknown:
+        raise DataError(f"resume: {config_file}: unknown field(s) {', '.join(sorted(unknown))}")
+    changed = given - RESUME_OVERRIDABLE - {"resume"}
+    if changed:
+        raise DataError(f"resume: {', '.join(sorted(changed))} cannot change when resuming {run_dir}")
+    config = EvalConfig(**saved)
+    for name in given & RESUME_OVERRIDABLE:
+        setattr(config, name, getattr(overrides, name))
+    config.resume = str(run_dir)
+    return config
 
 
 def main(defaults: EvalConfig, argv: list[str] | None = None) -> int:
     config, given = parse_config(defaults, sys.argv[1:] if argv is None else argv)
     try:
-        if config.demo:
+        if config.resume:
+            config = resume_config(Path(config.resume), given, config)
+        elif config.demo:
             config = apply_demo(config, given)
         check_config(config)
         questions = load_questions(config.parquet_file, config.video_dir)
@@ -403,54 +534,74 @@ def main(defaults: EvalConfig, argv: list[str] | None = None) -> int:
     if config.debug_mode:
         questions = debug_subset(questions, config.debug_size, config.seed)
 
-    run_dir = make_run_dir(config)
-    (run_dir / "shards").mkdir()
+    if config.resume:
+        run_dir = Path(config.resume)
+    else:
+        run_dir = make_run_dir(config)
+        (run_dir / "shards").mkdir()
+        (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     log_path = run_dir / f"vsibench_eval_{config.prompt_type}.log"
     results_path = run_dir / f"vsibench_results_{config.prompt_type}.jsonl"
     log = setup_logging(log_path)
-    (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     run_versions = versions()
-    log.info(f"run directory: {run_dir}")
+    log.info(f"{'resuming' if config.resume else 'run directory'}: {run_dir}")
     log.info("config: " + json.dumps(asdict(config)))
     log.info("versions: " + json.dumps(run_versions))
+    try:
+        done_ids = set(shard_records(run_dir, log)) & {q["id"] for q in questions}
+    except DataError as error:
+        log.error(str(error))
+        return 2
     log.info(
         f"{len(questions)} questions over {len(group_by_video(questions))} videos"
         + (f" (debug subset, seed {config.seed})" if config.debug_mode else "")
+        + (f"; {len(done_ids)} already answered" if config.resume else "")
     )
 
     started = time.perf_counter()
     shards = shard_by_video(questions, config.num_processes)
-    failed_ranks = run_workers(config, shards, run_dir, log)
+    failures = run_workers(config, shards, done_ids, run_dir, log)
     elapsed = time.perf_counter() - started
 
-    records = merge_shards(run_dir, questions, results_path)
+    by_id = shard_records(run_dir, log)
+    records = [by_id[q["id"]] for q in questions if q["id"] in by_id]  # questions are sorted by id
+    write_jsonl(str(results_path), records)
     result = vsibench_acc.aggregate(records)
     workers = [json.loads(p.read_text()) for p in sorted((run_dir / "shards").glob("worker_*.json"))]
-    failed_videos = sorted({r["scene_name"] for r in records if r["error"] and "video" in r["error"]})
+    failed_videos = sorted({r["dataset"] + "/" + r["scene_name"] for r in records if is_video_error(r["error"])})
+    answered = len(records) - len(done_ids)
     summary = {
         **result,
+        "complete": len(records) == len(questions),
+        "missing": len(questions) - len(records),
         "run_dir": str(run_dir),
         "results_file": str(results_path),
         "model_name": config.model_name,
         "prompt_type": config.prompt_type,
-        "questions_expected": len(questions),
         "failed_videos": failed_videos,
-        "failed_workers": failed_ranks,
+        "failed_workers": {str(rank): why for rank, why in failures.items()},
         "seconds": round(elapsed, 2),
-        "questions_per_second": round(len(records) / elapsed, 3) if elapsed > 0 else None,
+        "questions_per_second": round(answered / elapsed, 3) if elapsed > 0 else None,
         "versions": run_versions,
         "settings": score_settings(config, workers),
         "workers": workers,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log.info(f"{len(records)} questions in {elapsed:.1f}s ({summary['questions_per_second']} questions/s)")
+    log.info(f"{answered} questions answered in {elapsed:.1f}s ({summary['questions_per_second']} questions/s)")
+    if failed_videos:
+        log.warning(f"{len(failed_videos)} video(s) failed: {', '.join(failed_videos)}")
     log.info("accuracy (%):\n" + vsibench_acc.format_table(result))
     log.info(f"results: {results_path}")
     log.info(f"log: {log_path}")
-    if failed_ranks or len(records) != len(questions):
-        missing = len(questions) - len(records)
-        log.error(f"worker(s) {failed_ranks} failed; {missing} questions have no result")
-        return 1
+    if summary["missing"]:
+        for rank, why in sorted(failures.items()):
+            log.error(f"worker {rank} {why}; its shard is incomplete")
+        log.error(
+            f"INCOMPLETE: {summary['missing']} of {len(questions)} questions have no result; the table above "
+            f"covers only the answered ones. Finished answers are kept. Resume with:\n"
+            f"  python eval_qwen.py --resume {run_dir}"
+        )
+        return 130 if "interrupted" in failures.values() else 1
     return 0
 
 

@@ -80,7 +80,7 @@ def test_missing_video_scores_zero_and_is_counted(demo_dirs, tmp_path):
     assert all(r["scene_name"] == victim.stem and "video file not found" in r["error"] for r in failed)
     assert all(r["score"] == 0.0 and r["prediction"] == "" for r in failed)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["failed"] == 10 and summary["failed_videos"] == [victim.stem] and summary["n"] == 40
+    assert summary["failed"] == 10 and summary["failed_videos"] == [f"scannet/{victim.stem}"] and summary["n"] == 40
 
 
 def test_cli_overrides_any_field():
