@@ -32,7 +32,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationC
 from transformers.utils import is_flash_attn_2_available
 
 import vsibench_acc
-from qwen_vl_utils import VideoError, VideoFrames, load_video
+from qwen_vl_utils import VideoError, VideoFrames, compare_positions, load_video, use_published_positions
 from util import (
     DataError,
     build_prompt,
@@ -62,6 +62,8 @@ class EvalConfig:
     max_new_tokens: int = 512
     prompt_type: Literal["default", "official", "thinking", "gemini_api", "gpt4v"] = "default"
     position_fps: str = "2.0"  # Qwen2.5-VL time code: a number (fps told to the model) or "sampled"
+    mrope_positions: Literal["published", "transformers"] = "published"  # rotary positions: the Qwen rule or the
+    # installed transformers' own (which differs between releases)
     use_cognitive_map: bool = False  # not supported yet: the run refuses to start when set
     offload_cogmap: bool = False
     cogmap_file_path: str | None = None
@@ -204,6 +206,7 @@ def score_settings(config: EvalConfig, workers: list[dict]) -> dict:
         "fps": config.fps,
         "target_resolution": config.target_resolution,
         "position_fps": config.position_fps,
+        "mrope_positions": config.mrope_positions,
         "prompt_type": config.prompt_type,
         "max_new_tokens": config.max_new_tokens,
         "parser": "official",
@@ -226,8 +229,9 @@ def worker_devices(config: EvalConfig) -> list[str]:
 # ---------------------------------------------------------------- model and generation
 
 
-def load_model(model_name: str, device: str, trust_remote_code: bool = False):
-    """Processor and model in eval mode: bf16 + flash-attn (when installed) on GPU, float32 + sdpa on CPU."""
+def load_model(model_name: str, device: str, mrope_positions: str = "published", trust_remote_code: bool = False):
+    """Processor and model in eval mode: bf16 + flash-attn (when installed) on GPU, float32 + sdpa on CPU,
+    with M-RoPE positions by the published rule unless `mrope_positions` is "transformers"."""
     on_gpu = device.startswith("cuda")
     dtype = torch.bfloat16 if on_gpu else torch.float32
     attention = "flash_attention_2" if on_gpu and is_flash_attn_2_available() else "sdpa"
@@ -236,7 +240,10 @@ def load_model(model_name: str, device: str, trust_remote_code: bool = False):
     model = AutoModelForImageTextToText.from_pretrained(
         model_name, dtype=dtype, attn_implementation=attention, trust_remote_code=trust_remote_code
     )
-    return model.to(device).eval(), processor, {"dtype": str(dtype).removeprefix("torch."), "attention": attention}
+    if mrope_positions == "published":
+        use_published_positions(model)
+    info = {"dtype": str(dtype).removeprefix("torch."), "attention": attention, "mrope_positions": mrope_positions}
+    return model.to(device).eval(), processor, info
 
 
 def chat_text(processor, prompt: str) -> str:
@@ -256,9 +263,11 @@ def model_inputs(model, processor, video: VideoFrames, prompts: list[str], posit
         padding=True,
         return_tensors="pt",
     )
-    if "second_per_grid_ts" in inputs and position_fps != "sampled":
-        # Qwen2.5-VL's time code: seconds per temporal grid as if the frames were `position_fps` apart.
-        step = processor.video_processor.temporal_patch_size / float(position_fps)
+    if "second_per_grid_ts" in inputs:
+        # Qwen2.5-VL's time code: seconds per temporal grid, with frames `position_fps` apart or, for
+        # "sampled", as far apart as the sampled frames really are.
+        seconds_per_frame = video.frame_spacing() if position_fps == "sampled" else 1.0 / float(position_fps)
+        step = processor.video_processor.temporal_patch_size * seconds_per_frame
         inputs["second_per_grid_ts"] = torch.full((len(prompts),), step)
     return inputs.to(model.device)
 
@@ -339,7 +348,13 @@ def answer_batch(generate_batch, prompts: list[str]) -> list[tuple[str, str | No
 
 
 def evaluate_shard(
-    rank: int, device: str, config: EvalConfig, questions: list[dict], done_ids: set[int], run_dir: str
+    rank: int,
+    device: str,
+    config: EvalConfig,
+    questions: list[dict],
+    done_ids: set[int],
+    run_dir: str,
+    compare_first: bool = False,  # log how transformers' positions compare with the published ones
 ) -> None:
     """Answer one shard's questions video by video, appending records to the shard file after every batch.
 
@@ -355,7 +370,7 @@ def evaluate_shard(
     run_dir = Path(run_dir)
     log = setup_logging(run_dir / f"vsibench_eval_{config.prompt_type}.log", console_level=logging.WARNING)
     try:
-        evaluate_questions(rank, device, config, questions, done_ids, run_dir, log)
+        evaluate_questions(rank, device, config, questions, done_ids, run_dir, log, compare_first)
     except KeyboardInterrupt:
         sys.exit(130)  # the parent reports the interruption; finished batches are on disk
     except BaseException:
@@ -363,15 +378,16 @@ def evaluate_shard(
         raise
 
 
-def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path, log: logging.Logger) -> None:
+def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path, log, compare_first: bool) -> None:
     started = time.perf_counter()
     transformers.utils.logging.disable_progress_bar()
-    model, processor, info = load_model(config.model_name, device, config.trust_remote_code)
+    model, processor, info = load_model(config.model_name, device, config.mrope_positions, config.trust_remote_code)
     device_name = torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or "cpu"
     todo = [q for q in questions if q["id"] not in done_ids]
     log.info(
         f"worker {rank} (pid {os.getpid()}): {len(todo)} of {len(questions)} questions to answer, device {device} "
         f"({device_name}), dtype {info['dtype']}, attention {info['attention']}, "
+        f"M-RoPE positions {info['mrope_positions']}, "
         f"model loaded in {time.perf_counter() - started:.1f}s"
     )
     factor = processor.video_processor.patch_size * processor.video_processor.merge_size
@@ -384,6 +400,7 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
         return generate(model, processor, inputs, config.max_new_tokens)
 
     shard_path = run_dir / "shards" / f"shard_{rank}.jsonl"
+    first_prompt_checked = not compare_first
     with (
         open(shard_path, "a", encoding="utf-8") as shard,
         tqdm(total=len(todo), desc=f"worker {rank} ({device})", unit="q", position=rank, dynamic_ncols=True) as bar,
@@ -398,6 +415,12 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
                 if all(q["id"] in done_ids for q in batch):
                     continue
                 prompts = [build_prompt(q, config.prompt_type) for q in batch]
+                if not first_prompt_checked and video is not None:
+                    inputs = model_inputs(model, processor, video, prompts[:1], config.position_fps)
+                    log.info(
+                        f"positions on the run's first prompt (id {batch[0]['id']}): {compare_positions(model, inputs)}"
+                    )
+                    first_prompt_checked = True
                 tick = time.perf_counter()
                 if video is None:
                     answers = [("", video_error)] * len(batch)
@@ -439,6 +462,7 @@ def run_workers(
     devices = worker_devices(config)
     context = mp.get_context("spawn")  # CUDA cannot be forked; each worker starts clean
     workers = {}
+    first_id = min((q["id"] for shard in shards for q in shard if q["id"] not in done_ids), default=None)
     for rank, shard in enumerate(shards):
         todo = sum(q["id"] not in done_ids for q in shard)
         if not todo:
@@ -447,7 +471,15 @@ def run_workers(
         shard_done = {q["id"] for q in shard} & done_ids
         process = context.Process(
             target=evaluate_shard,
-            args=(rank, devices[rank], config, shard, shard_done, str(run_dir)),
+            args=(
+                rank,
+                devices[rank],
+                config,
+                shard,
+                shard_done,
+                str(run_dir),
+                any(q["id"] == first_id for q in shard),
+            ),
             name=f"worker-{rank}",
         )
         process.start()

@@ -24,6 +24,12 @@ class VideoFrames:
     avg_fps: float
     total_frames: int
 
+    def frame_spacing(self) -> float:
+        """Mean seconds between consecutive sampled frames (one frame: one source frame's duration)."""
+        if len(self.frame_indices) < 2:
+            return 1.0 / self.avg_fps
+        return (self.frame_indices[-1] - self.frame_indices[0]) / (len(self.frame_indices) - 1) / self.avg_fps
+
     def metadata(self) -> dict:
         """What transformers' video processors need when frames are already sampled."""
         return {

@@ -48,7 +48,13 @@ def test_rescoring_the_results_file_matches_log_and_summary(demo_run, capsys):
     assert rescored["n"] == 40 and rescored["failed"] == 0 and len(rescored["tasks"]) == 8
     log = (run_dir / "vsibench_eval_default.log").read_text()
     assert vsibench_acc.format_table(rescored) in log
-    for needle in ('"transformers": "5.', "attention sdpa", "dtype float32", "questions/s"):
+    for needle in (
+        '"transformers": "5.',
+        "attention sdpa",
+        "dtype float32",
+        "questions/s",
+        "M-RoPE positions published",
+    ):
         assert needle in log
     assert summary["settings"]["attention"] == ["sdpa"] and summary["versions"]["torch"]
 
@@ -105,3 +111,39 @@ def test_bad_data_file_exits_2_before_loading_a_model(demo_dirs, tmp_path):
         text=True,
     )
     assert not_a_model.returncode == 2 and "no config.json" in not_a_model.stderr
+
+
+def test_position_rule_is_logged_recorded_and_changes_generations(demo_run):
+    published_dir = demo_run("qwen2_5_vl")
+    library_dir = demo_run("qwen2_5_vl", "--mrope_positions", "transformers")
+    log = (published_dir / "vsibench_eval_default.log").read_text()
+    # the demo's videos span more time than space, where transformers 5.x and the published rule disagree
+    assert "positions on the run's first prompt (id 0): transformers' M-RoPE positions differ" in log
+    published, library = read_results(published_dir), read_results(library_dir)
+    assert [r["id"] for r in published] == [r["id"] for r in library]
+    assert any(a["prediction"] != b["prediction"] for a, b in zip(published, library, strict=True))
+    for run_dir, rule in ((published_dir, "published"), (library_dir, "transformers")):
+        settings = json.loads((run_dir / "summary.json").read_text())["settings"]
+        assert settings["mrope_positions"] == rule and settings["position_fps"] == "2.0"
+
+
+@pytest.mark.parametrize("position_fps, expected", [("2.0", 1.0), ("0.5", 4.0), ("sampled", None)])
+def test_position_fps_sets_seconds_per_temporal_grid(demo_dirs, position_fps, expected):
+    from types import SimpleNamespace
+
+    from transformers import AutoProcessor
+
+    from eval_qwen import model_inputs
+    from qwen_vl_utils import load_video
+
+    demo = demo_dirs("qwen2_5_vl")
+    processor = AutoProcessor.from_pretrained(demo / "model")
+    video_path = demo / "vsibench" / "scannetpp" / "0a5c013435.mp4"  # 20 s at 10 fps
+    video = load_video(str(video_path), 32, 1.0, (448, 448), 28)  # 20 frames, 1.05 s apart
+    inputs = model_inputs(SimpleNamespace(device="cpu"), processor, video, ["How many chairs?"], position_fps)
+    if expected is None:  # the real spacing of the sampled frames: 2 frames per grid
+        expected = 2 * (video.frame_indices[-1] - video.frame_indices[0]) / (len(video.frame_indices) - 1) / 10.0
+        assert inputs["second_per_grid_ts"].tolist() == pytest.approx([expected])
+        assert expected == pytest.approx(2 * 199 / 19 / 10)
+    else:
+        assert inputs["second_per_grid_ts"].tolist() == [expected]
