@@ -37,7 +37,7 @@ SPECIAL_TOKENS = (
     "<|video_pad|>",
 )
 
-TEXT_HIDDEN = 64
+HEAD_DIM = 16  # text attention head size; every family's `mrope_section` below sums to HEAD_DIM / 2
 
 # Weight std of the random models. At the usual 0.02 attention is nearly uniform and tiny next to the
 # embeddings, so greedy decoding ignores the prompt and the video; at 0.2 both change the output.
@@ -55,7 +55,8 @@ FAMILY_SPECS = {
         "video_size": None,  # the same per-frame limits as images
         "text": {"rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3]}},
         # Qwen2-VL calls the tower's width embed_dim and its output (the text width) hidden_size.
-        "vision": {"embed_dim": 32, "hidden_size": TEXT_HIDDEN, "num_heads": 2, "mlp_ratio": 2},
+        "vision_output": "hidden_size",  # the vision config key that must equal the text width
+        "vision": {"embed_dim": 32, "num_heads": 2, "mlp_ratio": 2},
     },
     "qwen2_5_vl": {
         "processor": "Qwen2_5_VLProcessor",
@@ -65,9 +66,9 @@ FAMILY_SPECS = {
         "pixel_mean_std": None,
         "video_size": None,
         "text": {"rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3]}},
+        "vision_output": "out_hidden_size",
         "vision": {
             "hidden_size": 32,
-            "out_hidden_size": TEXT_HIDDEN,
             "intermediate_size": 64,
             "num_heads": 2,
             "window_size": 112,
@@ -84,16 +85,16 @@ FAMILY_SPECS = {
         # Its video limits count the pixels of all frames together; these are the real checkpoint's.
         "video_size": {"shortest_edge": 4096, "longest_edge": 768 * 32 * 32 * 32},
         "text": {
-            "head_dim": 16,
+            "head_dim": HEAD_DIM,
             "rope_parameters": {
                 "rope_type": "default",
                 "mrope_section": [4, 2, 2],
                 "mrope_interleaved": True,
             },
         },
+        "vision_output": "out_hidden_size",
         "vision": {
             "hidden_size": 32,
-            "out_hidden_size": TEXT_HIDDEN,
             "intermediate_size": 64,
             "num_heads": 2,
             "num_position_embeddings": 144,  # a 12 x 12 learned grid, interpolated to each frame
@@ -343,17 +344,18 @@ def build_processor(family, tokenizer):
     )
 
 
-def build_model(family, tokenizer, seed):
-    """A two-layer text model and two-block vision tower with random weights, the same for the same seed."""
+def build_model(family, tokenizer, seed, width=64, layers=2):
+    """A text model of `layers` layers and `width` channels (heads of HEAD_DIM) and a two-block vision tower,
+    with random weights, the same for the same seed."""
     spec = FAMILY_SPECS[family]
     ids = tokenizer.convert_tokens_to_ids
     text_config = {
         "vocab_size": len(tokenizer),
-        "hidden_size": TEXT_HIDDEN,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
+        "hidden_size": width,
+        "intermediate_size": 2 * width,
+        "num_hidden_layers": layers,
+        "num_attention_heads": width // HEAD_DIM,
+        "num_key_value_heads": max(1, width // HEAD_DIM // 2),
         "max_position_embeddings": 32768,
         "bos_token_id": ids("<|endoftext|>"),
         "eos_token_id": ids("<|im_end|>"),
@@ -366,6 +368,7 @@ def build_model(family, tokenizer, seed):
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
         "initializer_range": INIT_STD,
+        spec["vision_output"]: width,
         **spec["vision"],
     }
     config = transformers.AutoConfig.for_model(
@@ -389,14 +392,15 @@ def build_model(family, tokenizer, seed):
     return model
 
 
-def build_tiny_checkpoint(out_dir, family="qwen2_5_vl", seed=0) -> pathlib.Path:
-    """Save a tiny random checkpoint of `family` (config, weights, tokenizer, processors, template)."""
+def build_tiny_checkpoint(out_dir, family="qwen2_5_vl", seed=0, width=64, layers=2) -> pathlib.Path:
+    """Save a tiny random checkpoint of `family` (config, weights, tokenizer, processors, template).
+    `width` and `layers` size the text model (the benchmark uses a larger one than the demo)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     out_dir = pathlib.Path(out_dir)
     tokenizer = build_tokenizer()
     build_processor(family, tokenizer).save_pretrained(out_dir)
-    build_model(family, tokenizer, seed).save_pretrained(out_dir)
+    build_model(family, tokenizer, seed, width, layers).save_pretrained(out_dir)
     return out_dir
 
 

@@ -28,11 +28,20 @@ from typing import Literal
 import torch
 import transformers
 from tqdm import tqdm
-from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig, HfArgumentParser
-from transformers.utils import is_flash_attn_2_available
+from transformers import HfArgumentParser
 
 import vsibench_acc
-from qwen_vl_utils import VideoError, VideoFrames, compare_positions, load_video, use_published_positions
+from generation import (
+    StageTimer,
+    chat_text,
+    generate_from_prefix,
+    generate_plain,
+    load_model,
+    prefill_prefix,
+    processor_inputs,
+    shared_prefix_text,
+)
+from qwen_vl_utils import VideoError, VideoFrames, compare_positions, load_video
 from util import (
     DataError,
     build_prompt,
@@ -59,6 +68,7 @@ class EvalConfig:
     fps: float = 1.0  # > 0 caps the frame count at whole seconds × fps (Spatial-R1's rule); 0 disables
     target_resolution: list[int] = field(default_factory=lambda: [448, 448])  # frames fit inside (H, W)
     batch_size: int = 8  # questions of one video answered together (left padding)
+    shared_prefix: bool = True  # encode each video and prefill its prompt prefix once for all its questions
     max_new_tokens: int = 512
     prompt_type: Literal["default", "official", "thinking", "gemini_api", "gpt4v"] = "default"
     position_fps: str = "2.0"  # Qwen2.5-VL time code: a number (fps told to the model) or "sampled"
@@ -226,64 +236,7 @@ def worker_devices(config: EvalConfig) -> list[str]:
     return [f"cuda:{gpu_ids[rank % len(gpu_ids)]}" for rank in range(config.num_processes)]
 
 
-# ---------------------------------------------------------------- model and generation
-
-
-def load_model(model_name: str, device: str, mrope_positions: str = "published", trust_remote_code: bool = False):
-    """Processor and model in eval mode: bf16 + flash-attn (when installed) on GPU, float32 + sdpa on CPU,
-    with M-RoPE positions by the published rule unless `mrope_positions` is "transformers"."""
-    on_gpu = device.startswith("cuda")
-    dtype = torch.bfloat16 if on_gpu else torch.float32
-    attention = "flash_attention_2" if on_gpu and is_flash_attn_2_available() else "sdpa"
-    processor = AutoProcessor.from_pretrained(model_name, trust_remote_code=trust_remote_code)
-    processor.tokenizer.padding_side = "left"
-    model = AutoModelForImageTextToText.from_pretrained(
-        model_name, dtype=dtype, attn_implementation=attention, trust_remote_code=trust_remote_code
-    )
-    if mrope_positions == "published":
-        use_published_positions(model)
-    info = {"dtype": str(dtype).removeprefix("torch."), "attention": attention, "mrope_positions": mrope_positions}
-    return model.to(device).eval(), processor, info
-
-
-def chat_text(processor, prompt: str) -> str:
-    """The chat-formatted model input: the video first, then the prompt (the benchmark's order)."""
-    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
-    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def model_inputs(model, processor, video: VideoFrames, prompts: list[str], position_fps: str) -> dict:
-    """Tokenized, left-padded batch of prompts about one video, with its pixel patches."""
-    inputs = processor(
-        text=[chat_text(processor, p) for p in prompts],
-        videos=[video.frames] * len(prompts),
-        video_metadata=[video.metadata()] * len(prompts),
-        do_sample_frames=False,  # frames are already sampled and resized here
-        do_resize=False,
-        padding=True,
-        return_tensors="pt",
-    )
-    if "second_per_grid_ts" in inputs:
-        # Qwen2.5-VL's time code: seconds per temporal grid, with frames `position_fps` apart or, for
-        # "sampled", as far apart as the sampled frames really are.
-        seconds_per_frame = video.frame_spacing() if position_fps == "sampled" else 1.0 / float(position_fps)
-        step = processor.video_processor.temporal_patch_size * seconds_per_frame
-        inputs["second_per_grid_ts"] = torch.full((len(prompts),), step)
-    return inputs.to(model.device)
-
-
-@torch.inference_mode()
-def generate(model, processor, inputs: dict, max_new_tokens: int) -> list[str]:
-    """Greedy decoding; returns the new text of each row."""
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        eos_token_id=model.generation_config.eos_token_id,
-        pad_token_id=processor.tokenizer.pad_token_id,
-    )
-    output = model.generate(**inputs, generation_config=config)  # [B, L + new]
-    new_tokens = output[:, inputs["input_ids"].shape[1] :]
-    return processor.batch_decode(new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+# ---------------------------------------------------------------- records
 
 
 VIDEO_FAILED = "video failed"  # the start of a record's error when its video could not be read
@@ -391,13 +344,10 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
         f"model loaded in {time.perf_counter() - started:.1f}s"
     )
     factor = processor.video_processor.patch_size * processor.video_processor.merge_size
-    timings = {"decode": 0.0, "generate": 0.0}
+    timer = StageTimer(model)
+    video_seconds = 0.0
     todo_ids = {q["id"] for q in todo}
     groups = {path: qs for path, qs in group_by_video(questions).items() if any(q["id"] in todo_ids for q in qs)}
-
-    def generate_batch(video: VideoFrames, prompts: list[str]) -> list[str]:
-        inputs = model_inputs(model, processor, video, prompts, config.position_fps)
-        return generate(model, processor, inputs, config.max_new_tokens)
 
     shard_path = run_dir / "shards" / f"shard_{rank}.jsonl"
     first_prompt_checked = not compare_first
@@ -406,47 +356,71 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
         tqdm(total=len(todo), desc=f"worker {rank} ({device})", unit="q", position=rank, dynamic_ncols=True) as bar,
     ):
         for video_path, video, video_error, decode_seconds in decoded_videos(list(groups), config, factor):
-            timings["decode"] += decode_seconds
-            if video_error:
-                log.error(f"worker {rank}: {video_error}; its questions score 0")
+            video_seconds += decode_seconds
             video_questions = groups[video_path]
+            prompts = {q["id"]: build_prompt(q, config.prompt_type) for q in video_questions}
+            texts = {qid: chat_text(processor, prompt) for qid, prompt in prompts.items()}
+            if video_error:
+                log.error(f"worker {rank}: {video_error}; its {len(video_questions)} questions score 0")
+            elif not first_prompt_checked:
+                inputs = processor_inputs(processor, video, [texts[video_questions[0]["id"]]], config.position_fps)
+                comparison = compare_positions(model, inputs.to(model.device))
+                log.info(f"positions on the run's first prompt (id {video_questions[0]['id']}): {comparison}")
+                first_prompt_checked = True
+            answer_texts, video_error = video_answerer(
+                model, processor, video, video_error, list(texts.values()), config
+            )
+            if video_error and video is not None:
+                log.error(f"worker {rank}: {video_path}: {video_error}")
+
             for start in range(0, len(video_questions), config.batch_size):
                 batch = video_questions[start : start + config.batch_size]
                 if all(q["id"] in done_ids for q in batch):
                     continue
-                prompts = [build_prompt(q, config.prompt_type) for q in batch]
-                if not first_prompt_checked and video is not None:
-                    inputs = model_inputs(model, processor, video, prompts[:1], config.position_fps)
-                    log.info(
-                        f"positions on the run's first prompt (id {batch[0]['id']}): {compare_positions(model, inputs)}"
-                    )
-                    first_prompt_checked = True
-                tick = time.perf_counter()
-                if video is None:
+                if video_error:
                     answers = [("", video_error)] * len(batch)
                 else:
                     try:
-                        answers = answer_batch(partial(generate_batch, video), prompts)
+                        answers = answer_batch(answer_texts, [texts[q["id"]] for q in batch])
                     except Exception as failure:  # recorded on each question, logged with its traceback
                         error = f"generation failed: {type(failure).__name__}: {failure}"
                         log.exception(f"worker {rank}: ids {[q['id'] for q in batch]}: {error}")
                         answers = [("", error)] * len(batch)
-                timings["generate"] += time.perf_counter() - tick
-                for question, prompt, (prediction, error) in zip(batch, prompts, answers, strict=True):
+                for question, (prediction, error) in zip(batch, answers, strict=True):
                     if question["id"] not in done_ids:
-                        record = result_record(question, prompt, prediction, video, error)
+                        record = result_record(question, prompts[question["id"]], prediction, video, error)
                         shard.write(json.dumps(record, ensure_ascii=False) + "\n")
                 shard.flush()
                 bar.update(sum(q["id"] not in done_ids for q in batch))
 
     elapsed = time.perf_counter() - started
-    report = {"rank": rank, "device": device_name, "questions": len(todo), **info}
-    report["seconds"] = {name: round(value, 3) for name, value in {**timings, "total": elapsed}.items()}
+    seconds = {"video_decoding": video_seconds, **timer.seconds, "total": elapsed}
+    report = {"rank": rank, "device": device_name, "questions": len(todo), "videos": len(groups), **info}
+    report |= {"seconds": {name: round(value, 3) for name, value in seconds.items()}}
+    report["prefill_tokens"] = timer.prefill_tokens
     (run_dir / "shards" / f"worker_{rank}.json").write_text(json.dumps(report))
     log.info(
-        f"worker {rank}: done, {len(todo)} questions in {elapsed:.1f}s "
-        f"(decode {timings['decode']:.1f}s, generate {timings['generate']:.1f}s)"
+        f"worker {rank}: done, {len(todo)} questions in {elapsed:.1f}s ({len(todo) / elapsed:.2f} questions/s); "
+        + ", ".join(f"{name} {value:.1f}s" for name, value in seconds.items() if name != "total")
+        + f"; {timer.prefill_tokens} prefill tokens"
     )
+
+
+def video_answerer(model, processor, video: VideoFrames | None, video_error: str | None, texts, config):
+    """A function answering a batch of this video's chat texts, and the video's error if it has one.
+
+    With shared_prefix the video's encoder pass and shared prefix are computed here, once."""
+    if video is None:
+        return None, video_error
+    plain = partial(generate_plain, model, processor, video, position_fps=config.position_fps)
+    prefix_text = shared_prefix_text(texts) if config.shared_prefix else None
+    if prefix_text is None:
+        return partial(plain, max_new_tokens=config.max_new_tokens), None
+    try:
+        prefix = prefill_prefix(model, processor, video, prefix_text, config.position_fps)
+    except Exception as failure:
+        return None, f"video prefix failed: {type(failure).__name__}: {failure}"
+    return partial(generate_from_prefix, model, processor, prefix, max_new_tokens=config.max_new_tokens), None
 
 
 # ---------------------------------------------------------------- orchestration
@@ -620,6 +594,9 @@ def main(defaults: EvalConfig, argv: list[str] | None = None) -> int:
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.info(f"{answered} questions answered in {elapsed:.1f}s ({summary['questions_per_second']} questions/s)")
+    stages = ("video_decoding", "vision_encoder", "prefill", "generation")
+    stage_seconds = {name: sum(w["seconds"].get(name, 0.0) for w in workers) for name in stages}
+    log.info("time in workers: " + ", ".join(f"{name} {value:.1f}s" for name, value in stage_seconds.items()))
     if failed_videos:
         log.warning(f"{len(failed_videos)} video(s) failed: {', '.join(failed_videos)}")
     log.info("accuracy (%):\n" + vsibench_acc.format_table(result))

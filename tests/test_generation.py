@@ -1,0 +1,93 @@
+"""The shared-prefix path against the plain path, token for token, and the processor inputs."""
+
+import pytest
+import torch
+from transformers import AutoProcessor
+
+from generation import (
+    StageTimer,
+    chat_text,
+    generate_from_prefix,
+    generate_plain,
+    load_model,
+    prefill_prefix,
+    processor_inputs,
+    shared_prefix_text,
+)
+from qwen_vl_utils import load_video
+from util import build_prompt, group_by_video, load_questions
+
+
+def video_and_texts(demo, processor, video_number):
+    questions = load_questions(str(demo / "vsibench" / "test.parquet"), str(demo / "vsibench"))
+    path, video_questions = list(group_by_video(questions).items())[video_number]
+    factor = processor.video_processor.patch_size * processor.video_processor.merge_size
+    video = load_video(path, 32, 1.0, (448, 448), factor)
+    prompt_type = "official" if video_number % 2 else "thinking"
+    return video, [chat_text(processor, build_prompt(q, prompt_type)) for q in video_questions]
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_shared_prefix_is_token_identical_to_plain(demo_dirs, family, batch_size):
+    demo = demo_dirs(family)
+    model, processor, _ = load_model(str(demo / "model"), "cpu")
+    timer = StageTimer(model)
+    for video_number in (0, 1):  # a 36 s video (32 frames) and an 8 s one (8 frames)
+        video, texts = video_and_texts(demo, processor, video_number)
+        prefix = prefill_prefix(model, processor, video, shared_prefix_text(texts), "2.0")
+        for start in range(0, len(texts), batch_size):
+            batch = texts[start : start + batch_size]
+            plain = generate_plain(model, processor, video, batch, position_fps="2.0", max_new_tokens=6)
+            shared = generate_from_prefix(model, processor, prefix, batch, max_new_tokens=6)
+            assert shared == plain
+            assert any(answer.strip() for answer in plain)
+    assert timer.seconds["vision_encoder"] > 0 and timer.seconds["generation"] > 0 and timer.prefill_tokens > 0
+
+
+def test_shared_prefix_also_matches_with_transformers_positions(demo_dirs):
+    demo = demo_dirs("qwen2_5_vl")
+    model, processor, _ = load_model(str(demo / "model"), "cpu", mrope_positions="transformers")
+    video, texts = video_and_texts(demo, processor, 0)
+    prefix = prefill_prefix(model, processor, video, shared_prefix_text(texts), "2.0")
+    plain = generate_plain(model, processor, video, texts[:4], position_fps="2.0", max_new_tokens=6)
+    assert generate_from_prefix(model, processor, prefix, texts[:4], max_new_tokens=6) == plain
+
+
+def test_shared_prefix_text_ends_after_the_video_block():
+    video = "<|vision_start|><|video_pad|><|vision_end|>"
+    texts = [f"<|im_start|>user\n{video}Question:\nHow many {x}?<|im_end|>" for x in ("chairs", "cups")]
+    assert shared_prefix_text(texts) == f"<|im_start|>user\n{video}"
+    # a per-question text before the video: the video is not shared, so there is no video prefix
+    assert shared_prefix_text([f"<|im_start|>user\nMap {i}\n{video}Q" for i in (1, 2)]) is None
+    assert shared_prefix_text(["no video here", "no video there"]) is None
+
+
+def test_shared_prefix_prefills_far_fewer_tokens(demo_dirs):
+    demo = demo_dirs("qwen2_vl")
+    model, processor, _ = load_model(str(demo / "model"), "cpu")
+    video, texts = video_and_texts(demo, processor, 0)
+    timer = StageTimer(model)
+    for text in texts:
+        generate_plain(model, processor, video, [text], position_fps="2.0", max_new_tokens=1)
+    plain_tokens, timer.prefill_tokens = timer.prefill_tokens, 0
+    prefix = prefill_prefix(model, processor, video, shared_prefix_text(texts), "2.0")
+    for text in texts:
+        generate_from_prefix(model, processor, prefix, [text], max_new_tokens=1)
+    prefix_length = prefix.inputs["input_ids"].shape[1]
+    own = plain_tokens // len(texts) - prefix_length  # the average question's own tokens
+    assert timer.prefill_tokens == prefix_length + plain_tokens - len(texts) * prefix_length
+    assert own < prefix_length and timer.prefill_tokens < plain_tokens / 3
+
+
+@pytest.mark.parametrize("position_fps, expected", [("2.0", 1.0), ("0.5", 4.0), ("sampled", None)])
+def test_position_fps_sets_seconds_per_temporal_grid(demo_dirs, position_fps, expected):
+    demo = demo_dirs("qwen2_5_vl")
+    processor = AutoProcessor.from_pretrained(demo / "model")
+    video_path = demo / "vsibench" / "scannetpp" / "0a5c013435.mp4"  # 20 s at 10 fps
+    video = load_video(str(video_path), 32, 1.0, (448, 448), 28)  # 20 frames, 199 / 19 source frames apart
+    inputs = processor_inputs(processor, video, [chat_text(processor, "How many chairs?")], position_fps)
+    if expected is None:  # the real spacing of the sampled frames, 2 frames per temporal grid
+        expected = 2 * 199 / 19 / 10
+    assert inputs["second_per_grid_ts"].tolist() == pytest.approx([expected])
+    assert isinstance(inputs["second_per_grid_ts"], torch.Tensor)
