@@ -184,10 +184,17 @@ class StageTimer:
         self._sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
         self._started = 0.0
         self._stage = "vision_encoder"
-        model.model.visual.register_forward_pre_hook(partial(self._start, "vision_encoder"), with_kwargs=True)
-        model.model.visual.register_forward_hook(self._stop, with_kwargs=True)
-        model.model.language_model.register_forward_pre_hook(self._start_language, with_kwargs=True)
-        model.model.language_model.register_forward_hook(self._stop, with_kwargs=True)
+        visual, language = model.model.visual, model.model.language_model
+        self._hooks = [
+            visual.register_forward_pre_hook(partial(self._start, "vision_encoder"), with_kwargs=True),
+            visual.register_forward_hook(self._stop, with_kwargs=True),
+            language.register_forward_pre_hook(self._start_language, with_kwargs=True),
+            language.register_forward_hook(self._stop, with_kwargs=True),
+        ]
+
+    def remove(self):
+        for hook in self._hooks:
+            hook.remove()
 
     def _start(self, stage, module, args, kwargs):
         self._sync()
