@@ -31,6 +31,7 @@ from tqdm import tqdm
 from transformers import HfArgumentParser
 
 import vsibench_acc
+from cogmap import COGMAP_PROMPT, format_cognitive_map, load_offloaded_maps, offloaded_map, parse_cognitive_map
 from generation import (
     StageTimer,
     chat_text,
@@ -48,7 +49,10 @@ from util import (
     debug_subset,
     extract_answer,
     group_by_video,
+    load_prompt_template,
     load_questions,
+    select_question_types,
+    select_subset,
     shard_by_video,
     write_jsonl,
 )
@@ -59,7 +63,11 @@ SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 @dataclass
 class EvalConfig:
     parquet_file: str = "data/vsibench/test.parquet"  # the VSI-Bench test parquet
-    video_dir: str = "data/vsibench"  # video of a row: {video_dir}/{dataset}/{scene_name}.mp4
+    data_file: str | None = None  # used instead of parquet_file when set: .parquet, or Spatial-R1 .json/.jsonl
+    video_dir: str = "data/vsibench"  # video of a row: {video_dir}/{dataset}/{scene_name}.mp4 (SR data: relative)
+    subset: Literal["full", "debiased", "pruned"] = "full"  # by the parquet's `pruned` column or subset_ids_file
+    subset_ids_file: str | None = None  # ids of the questions to evaluate (.txt, .json, .jsonl, .csv, .parquet)
+    question_types: list[str] = field(default_factory=list)  # only these question types (all when empty)
     output_dir_base: str = "results"  # run dir: {output_dir_base}/{model basename}/{YYYYmmdd_HHMMSS}/
     model_name: str = "Qwen/Qwen2.5-VL-7B-Instruct"  # local checkpoint folder or hub id
     gpu_ids: str = "0"  # comma-separated CUDA device ids; worker i uses gpu_ids[i % len(gpu_ids)]
@@ -70,15 +78,19 @@ class EvalConfig:
     batch_size: int = 8  # questions of one video answered together (left padding)
     shared_prefix: bool = True  # encode each video and prefill its prompt prefix once for all its questions
     max_new_tokens: int = 512
-    prompt_type: Literal["default", "official", "thinking", "gemini_api", "gpt4v"] = "default"
+    prompt_type: Literal["default", "official", "thinking", "gemini_api", "gpt4v", "custom"] = "default"
+    prompt_template_file: str | None = None  # for prompt_type custom: JSON/YAML with pre_prompt, mca_post_prompt,
+    # na_post_prompt
     position_fps: str = "2.0"  # Qwen2.5-VL time code: a number (fps told to the model) or "sampled"
     mrope_positions: Literal["published", "transformers"] = "published"  # rotary positions: the Qwen rule or the
     # installed transformers' own (which differs between releases)
-    use_cognitive_map: bool = False  # not supported yet: the run refuses to start when set
-    offload_cogmap: bool = False
-    cogmap_file_path: str | None = None
-    cogmap_id_key: str = "id"
-    cogmap_cog_key: str = "cognitive_map"
+    use_cognitive_map: bool = False  # put a map of the scene's objects before each question
+    offload_cogmap: bool = False  # read maps from cogmap_file_path instead of generating them
+    cogmap_file_path: str | None = None  # json, jsonl, csv or parquet
+    cogmap_id_key: str = "id"  # the file's key column: question id or scene name (matched as text)
+    cogmap_cog_key: str = "cognitive_map"  # the file's map column
+    cogmap_fallback: Literal["generate", "none"] = "generate"  # for a question without an offloaded map
+    cogmap_max_new_tokens: int = 512  # length limit of a generated map
     debug_mode: bool = False  # evaluate a seeded subset of debug_size questions
     debug_size: int = 64
     seed: int = 42
@@ -115,7 +127,7 @@ def apply_demo(config: EvalConfig, given: set[str]) -> EvalConfig:
     from demo_assets import ensure_demo
 
     paths = ensure_demo(config.demo_dir, family=config.demo_family)
-    config.model_name, config.parquet_file = str(paths["model"]), str(paths["parquet"])
+    config.model_name, config.parquet_file, config.data_file = str(paths["model"]), str(paths["parquet"]), None
     config.video_dir = str(paths["video_dir"])
     for name, value in DEMO_SETTINGS.items():
         if name not in given:
@@ -125,13 +137,17 @@ def apply_demo(config: EvalConfig, given: set[str]) -> EvalConfig:
 
 def check_config(config: EvalConfig) -> None:
     """Reject settings that cannot work, before anything is loaded."""
-    if config.use_cognitive_map:
-        raise DataError("use_cognitive_map: cognitive maps are not supported yet; set it to false")
+    if (config.prompt_type == "custom") != bool(config.prompt_template_file):
+        raise DataError("prompt_type custom and prompt_template_file go together: set both or neither")
+    if config.prompt_template_file:
+        load_prompt_template(config.prompt_template_file)
+    if config.use_cognitive_map and config.offload_cogmap and not config.cogmap_file_path:
+        raise DataError("cogmap_file_path: needed when offload_cogmap is set")
     if len(config.target_resolution) != 2 or min(config.target_resolution) <= 0:
         raise DataError(f"target_resolution: expected two positive sizes (H W), got {config.target_resolution}")
     if config.position_fps != "sampled" and not is_positive_number(config.position_fps):
         raise DataError(f"position_fps: expected a positive number or 'sampled', got {config.position_fps!r}")
-    for name in ("num_frames", "batch_size", "max_new_tokens", "debug_size"):
+    for name in ("num_frames", "batch_size", "max_new_tokens", "debug_size", "cogmap_max_new_tokens"):
         if getattr(config, name) < 1:
             raise DataError(f"{name}: must be at least 1, got {getattr(config, name)}")
     if not os.path.isdir(config.video_dir):
@@ -246,7 +262,10 @@ def is_video_error(error: str | None) -> bool:
     return bool(error) and error.startswith(VIDEO_FAILED)
 
 
-def result_record(question: dict, prompt: str, prediction: str, video: VideoFrames | None, error: str | None) -> dict:
+def result_record(
+    question: dict, prompt: str, prediction: str, video: VideoFrames | None, error: str | None, cogmap: tuple
+) -> dict:
+    """One line of the results: the question, what was sent, what came back, its score and provenance."""
     record = {key: question[key] for key in ("id", "dataset", "scene_name", "question_type", "question")}
     record |= {
         "options": question["options"],
@@ -257,6 +276,8 @@ def result_record(question: dict, prompt: str, prediction: str, video: VideoFram
         "frame_indices": video.frame_indices if video else None,
         "frame_timestamps": video.timestamps if video else None,
         "video_duration": video.duration if video else None,
+        "cogmap_source": cogmap[1],  # generated, offloaded or none
+        "cognitive_map": cogmap[0],
         "error": error,
     }
     record["score"] = vsibench_acc.score_record(record)
@@ -344,6 +365,7 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
         f"model loaded in {time.perf_counter() - started:.1f}s"
     )
     factor = processor.video_processor.patch_size * processor.video_processor.merge_size
+    template = load_prompt_template(config.prompt_template_file) if config.prompt_template_file else None
     timer = StageTimer(model)
     video_seconds = 0.0
     todo_ids = {q["id"] for q in todo}
@@ -358,20 +380,29 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
         for video_path, video, video_error, decode_seconds in decoded_videos(list(groups), config, factor):
             video_seconds += decode_seconds
             video_questions = groups[video_path]
-            prompts = {q["id"]: build_prompt(q, config.prompt_type) for q in video_questions}
-            texts = {qid: chat_text(processor, prompt) for qid, prompt in prompts.items()}
             if video_error:
                 log.error(f"worker {rank}: {video_error}; its {len(video_questions)} questions score 0")
-            elif not first_prompt_checked:
+            # The video's prefix is shared by the questions' texts and, when one is generated, the map's.
+            plain_texts = [chat_text(processor, build_prompt(q, config.prompt_type, template)) for q in video_questions]
+            map_text = chat_text(processor, COGMAP_PROMPT) if needs_generated_map(config, video_questions) else None
+            answer_texts, video_error = video_answerer(
+                model, processor, video, video_error, plain_texts + ([map_text] if map_text else []), config
+            )
+            if video_error and video is not None:
+                log.error(f"worker {rank}: {video_path}: {video_error}")
+            generate_map = None
+            if map_text and not video_error:
+                generate_map = partial(answer_texts, [map_text], max_new_tokens=config.cogmap_max_new_tokens)
+            cogmaps = cognitive_maps(config, video_questions, generate_map)
+            prompts = {
+                q["id"]: build_prompt(q, config.prompt_type, template, cogmaps[q["id"]][0]) for q in video_questions
+            }
+            texts = {qid: chat_text(processor, prompt) for qid, prompt in prompts.items()}
+            if not video_error and not first_prompt_checked:
                 inputs = processor_inputs(processor, video, [texts[video_questions[0]["id"]]], config.position_fps)
                 comparison = compare_positions(model, inputs.to(model.device))
                 log.info(f"positions on the run's first prompt (id {video_questions[0]['id']}): {comparison}")
                 first_prompt_checked = True
-            answer_texts, video_error = video_answerer(
-                model, processor, video, video_error, list(texts.values()), config
-            )
-            if video_error and video is not None:
-                log.error(f"worker {rank}: {video_path}: {video_error}")
 
             for start in range(0, len(video_questions), config.batch_size):
                 batch = video_questions[start : start + config.batch_size]
@@ -388,7 +419,8 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
                         answers = [("", error)] * len(batch)
                 for question, (prediction, error) in zip(batch, answers, strict=True):
                     if question["id"] not in done_ids:
-                        record = result_record(question, prompts[question["id"]], prediction, video, error)
+                        qid = question["id"]
+                        record = result_record(question, prompts[qid], prediction, video, error, cogmaps[qid])
                         shard.write(json.dumps(record, ensure_ascii=False) + "\n")
                 shard.flush()
                 bar.update(sum(q["id"] not in done_ids for q in batch))
@@ -404,6 +436,35 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
         + ", ".join(f"{name} {value:.1f}s" for name, value in seconds.items() if name != "total")
         + f"; {timer.prefill_tokens} prefill tokens"
     )
+
+
+def needs_generated_map(config: EvalConfig, questions: list[dict]) -> bool:
+    """Does this video need the model to write its cognitive map (some question has no offloaded one)?"""
+    if not config.use_cognitive_map or (config.offload_cogmap and config.cogmap_fallback == "none"):
+        return False
+    return any(not q.get("offloaded_cogmap") for q in questions)
+
+
+def cognitive_maps(config: EvalConfig, questions: list[dict], generate_map) -> dict[int, tuple[str | None, str]]:
+    """(map text, source) of each question: its offloaded map, else the video's generated one (made once
+    by `generate_map` when given), else (None, "none")."""
+    if not config.use_cognitive_map:
+        return {q["id"]: (None, "none") for q in questions}
+    maps = {q["id"]: (q["offloaded_cogmap"], "offloaded") for q in questions if q.get("offloaded_cogmap")}
+    generated = (None, "none")
+    if generate_map is not None:
+        log = logging.getLogger("eval_qwen")
+        try:
+            (output,), error = generate_map(), None
+        except Exception as failure:  # e.g. out of memory: the questions go on without a map
+            output, error = "", f"{type(failure).__name__}: {failure}"
+        parsed = parse_cognitive_map(output)
+        if parsed:
+            generated = (format_cognitive_map(parsed), "generated")
+        else:
+            scene = questions[0]["scene_name"]
+            log.warning(f"{scene}: no readable cognitive map in the model's output ({error or output[:120]!r})")
+    return {q["id"]: maps.get(q["id"], generated) for q in questions}
 
 
 def video_answerer(model, processor, video: VideoFrames | None, video_error: str | None, texts, config):
@@ -506,6 +567,30 @@ def shard_records(run_dir: Path, log: logging.Logger) -> dict[int, dict]:
     return by_id
 
 
+def select_questions(config: EvalConfig) -> tuple[list[dict], str]:
+    """The questions this run evaluates, and a sentence saying which subset they are."""
+    data_file = config.data_file or config.parquet_file
+    questions = load_questions(data_file, config.video_dir)
+    steps = [f"{data_file}: {len(questions)} questions"]
+    if config.subset != "full" or config.subset_ids_file:
+        questions = select_subset(questions, config.subset, config.subset_ids_file, data_file)
+        source = config.subset_ids_file or "the pruned column"
+        steps.append(f"subset {config.subset} ({source}): {len(questions)}")
+    if config.question_types:
+        questions = select_question_types(questions, config.question_types)
+        steps.append(f"question types {', '.join(config.question_types)}: {len(questions)}")
+    if config.debug_mode:
+        questions = debug_subset(questions, config.debug_size, config.seed)
+        steps.append(f"debug subset (seed {config.seed}): {len(questions)}")
+    if not questions:
+        raise DataError(f"{data_file}: no questions left to evaluate ({'; '.join(steps)})")
+    if config.use_cognitive_map and config.offload_cogmap:
+        maps = load_offloaded_maps(config.cogmap_file_path, config.cogmap_id_key, config.cogmap_cog_key)
+        for question in questions:
+            question["offloaded_cogmap"] = offloaded_map(maps, question)
+    return questions, "; ".join(steps)
+
+
 def resume_config(run_dir: Path, given: set[str], overrides: EvalConfig) -> EvalConfig:
     """The config saved in a run directory; only settings that cannot change results may be overridden."""
     config_file = run_dir / "config.json"
@@ -533,12 +618,10 @@ def main(defaults: EvalConfig, argv: list[str] | None = None) -> int:
         elif config.demo:
             config = apply_demo(config, given)
         check_config(config)
-        questions = load_questions(config.parquet_file, config.video_dir)
+        questions, selection = select_questions(config)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if config.debug_mode:
-        questions = debug_subset(questions, config.debug_size, config.seed)
 
     if config.resume:
         run_dir = Path(config.resume)
@@ -559,10 +642,15 @@ def main(defaults: EvalConfig, argv: list[str] | None = None) -> int:
         log.error(str(error))
         return 2
     log.info(
-        f"{len(questions)} questions over {len(group_by_video(questions))} videos"
-        + (f" (debug subset, seed {config.seed})" if config.debug_mode else "")
+        f"{len(questions)} questions over {len(group_by_video(questions))} videos; {selection}"
         + (f"; {len(done_ids)} already answered" if config.resume else "")
     )
+    if config.use_cognitive_map and config.offload_cogmap:
+        found = sum(q["offloaded_cogmap"] is not None for q in questions)
+        log.info(
+            f"cognitive maps: {found} of {len(questions)} questions have one in {config.cogmap_file_path}; "
+            f"the others: {'generated by the model' if config.cogmap_fallback == 'generate' else 'no map'}"
+        )
 
     started = time.perf_counter()
     shards = shard_by_video(questions, config.num_processes)

@@ -16,14 +16,17 @@ MCA_QUESTION_TYPES = (
     "object_rel_distance",
     "route_planning",
     "obj_appearance_order",
+    "multiple choice",  # Video-R1-style data names only the kind of answer
 )
 NA_QUESTION_TYPES = (
     "object_abs_distance",
     "object_counting",
     "object_size_estimation",
     "room_size_estimation",
+    "numerical",
 )
 REQUIRED_COLUMNS = ("id", "dataset", "scene_name", "question_type", "question", "ground_truth", "options")
+SUBSETS = ("full", "debiased", "pruned")
 
 
 class DataError(ValueError):
@@ -33,30 +36,108 @@ class DataError(ValueError):
 # ---------------------------------------------------------------- data file -> question records
 
 
+def read_records(path: str) -> list[dict]:
+    """Rows of a .json (a list of objects), .jsonl, .csv or .parquet file. Never pickle: a data file must
+    not be able to run code."""
+    suffix = Path(path).suffix.lower()
+    if not Path(path).is_file():
+        raise DataError(f"{path}: file not found")
+    if suffix == ".parquet":
+        return pd.read_parquet(path).to_dict("records")
+    if suffix == ".csv":
+        return pd.read_csv(path).to_dict("records")
+    if suffix == ".jsonl":
+        return read_jsonl(path)
+    if suffix == ".json":
+        try:
+            with open(path, encoding="utf-8") as handle:
+                rows = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
+        if not isinstance(rows, list):
+            raise DataError(f"{path}: expected a JSON list of records")
+        return rows
+    raise DataError(f"{path}: unsupported file type {suffix!r}; use .json, .jsonl, .csv or .parquet")
+
+
 def load_questions(data_file: str, video_dir: str) -> list[dict]:
-    """Read a VSI-Bench parquet into question records sorted by id, each with its video's path.
+    """Question records sorted by id, each with its video's path, from a VSI-Bench parquet or a Spatial-R1
+    / Video-R1 style .json or .jsonl file (chosen by the extension).
 
     Every row is checked; a bad one raises DataError naming the file, the row id and the column.
     """
-    path = Path(data_file)
-    if not path.is_file():
+    suffix = Path(data_file).suffix.lower()
+    if suffix not in (".parquet", ".json", ".jsonl"):
+        raise DataError(f"{data_file}: expected a .parquet (VSI-Bench) or .json/.jsonl (Spatial-R1 format) file")
+    if not Path(data_file).is_file():
         raise DataError(f"{data_file}: data file not found")
-    if path.suffix != ".parquet":
-        raise DataError(f"{data_file}: expected a .parquet file")
-    frame = pd.read_parquet(path)
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise DataError(f"{data_file}: missing column(s) {', '.join(missing)}")
-
+    if suffix == ".parquet":
+        frame = pd.read_parquet(data_file)
+        missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+        if missing:
+            raise DataError(f"{data_file}: missing column(s) {', '.join(missing)}")
+        rows = frame.to_dict("records")
+    else:
+        rows = read_records(data_file)
     questions, seen = [], set()
-    for row in frame.to_dict("records"):
-        record = question_record(row, data_file)
+    for index, row in enumerate(rows):
+        if suffix == ".parquet":
+            record = question_record(row, data_file)
+            relative = os.path.join(record["dataset"], f"{record['scene_name']}.mp4")
+            if "pruned" in row and row["pruned"] is not None:
+                record["pruned"] = bool(row["pruned"])
+        else:
+            vsi_row, relative = sr_row(row, data_file, index)
+            record = question_record(vsi_row, data_file)
         if record["id"] in seen:
             raise DataError(f"{data_file}: row id {record['id']}: column 'id': duplicate id")
         seen.add(record["id"])
-        record["video_path"] = os.path.join(video_dir, record["dataset"], f"{record['scene_name']}.mp4")
+        record["video_path"] = os.path.join(video_dir, relative)
         questions.append(record)
     return sorted(questions, key=lambda q: q["id"])
+
+
+ANSWER_SPAN_STRICT = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+def sr_row(row: dict, data_file: str, index: int) -> tuple[dict, str]:
+    """A Spatial-R1 record ({"problem_id", "problem", "problem_type": ["object_counting"], "solution":
+    "<answer>7</answer>", "video_filename": "scannet/scene0653_00.mp4"}) or a Video-R1 one (problem_type
+    "multiple choice" or "numerical", an "options" list, "path") in the VSI-Bench row shape, and the video's
+    path relative to video_dir."""
+    row_id = row.get("problem_id", f"#{index} (no problem_id)")
+
+    def fail(column: str, why: str) -> DataError:
+        return DataError(f"{data_file}: row id {row_id}: column '{column}': {why}")
+
+    for column in ("problem_id", "problem", "problem_type", "solution"):
+        if row.get(column) is None:
+            raise fail(column, "missing")
+    if row.get("data_type", "video") != "video":
+        raise fail("data_type", f"only video questions can be evaluated, got {row['data_type']!r}")
+    relative = row.get("video_filename") or row.get("path")
+    if not relative:
+        raise fail("video_filename", "missing (and no 'path')")
+    relative = str(relative).removeprefix("./").lstrip("/")
+    problem_type = row["problem_type"]
+    question_type = problem_type[0] if isinstance(problem_type, list) and problem_type else problem_type
+    solution = ANSWER_SPAN_STRICT.search(str(row["solution"]))
+    if not solution:
+        raise fail("solution", f"no <answer>...</answer> span in {row['solution']!r}")
+    question, options = str(row["problem"]).removeprefix("Question:\n"), row.get("options")
+    if options is None and "\nOptions:\n" in question:  # options written into the problem text
+        question, listed = question.split("\nOptions:\n", 1)
+        options = [line for line in listed.splitlines() if line.strip()]
+    parts = Path(relative).parts
+    return {
+        "id": row["problem_id"],
+        "dataset": parts[0] if len(parts) > 1 else "video",
+        "scene_name": Path(relative).stem,
+        "question_type": question_type,
+        "question": question,
+        "ground_truth": solution.group(1).strip(),
+        "options": options,
+    }, relative
 
 
 def question_record(row: dict, data_file: str) -> dict:
@@ -100,6 +181,50 @@ def question_record(row: dict, data_file: str) -> dict:
         "options": options,
         "ground_truth": ground_truth,
     }
+
+
+# ---------------------------------------------------------------- subsets
+
+
+def read_ids(path: str) -> set[int]:
+    """Question ids from a .txt file (one per line), a .json list (of ids or of records with "id"), or a
+    .jsonl/.csv/.parquet file with an "id" column."""
+    if Path(path).suffix.lower() == ".txt":
+        if not Path(path).is_file():
+            raise DataError(f"{path}: file not found")
+        values = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    else:
+        values = [row["id"] if isinstance(row, dict) else row for row in read_records(path)]
+    try:
+        return {int(value) for value in values}
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"{path}: expected question ids (integers, or records with an 'id')") from None
+
+
+def select_subset(questions: list[dict], subset: str, ids_file: str | None, data_file: str) -> list[dict]:
+    """VSI-Bench's subsets: the ids listed in `ids_file` when given, else by the parquet's `pruned` column
+    (debiased: the questions kept, pruned: the ones removed); `full` keeps everything."""
+    if ids_file:
+        ids = read_ids(ids_file)
+        unknown = ids - {q["id"] for q in questions}
+        if unknown:
+            raise DataError(f"{ids_file}: {len(unknown)} id(s) not in {data_file}, e.g. {sorted(unknown)[:5]}")
+        return [q for q in questions if q["id"] in ids]
+    if subset == "full":
+        return questions
+    if subset not in SUBSETS:
+        raise DataError(f"subset: unknown subset {subset!r}; choose from {', '.join(SUBSETS)}")
+    if any("pruned" not in q for q in questions):
+        raise DataError(f"{data_file}: no 'pruned' column for subset {subset!r}; give subset_ids_file instead")
+    return [q for q in questions if q["pruned"] == (subset == "pruned")]
+
+
+def select_question_types(questions: list[dict], question_types: list[str]) -> list[dict]:
+    """Only the questions of the given types (all when the list is empty)."""
+    unknown = set(question_types) - set(MCA_QUESTION_TYPES + NA_QUESTION_TYPES)
+    if unknown:
+        raise DataError(f"question_types: unknown type(s) {', '.join(sorted(unknown))}")
+    return [q for q in questions if not question_types or q["question_type"] in question_types]
 
 
 def debug_subset(questions: list[dict], size: int, seed: int) -> list[dict]:
@@ -158,23 +283,56 @@ PROMPT_TEMPLATES = {
     "gemini_api": {"pre_prompt": "", "mca_post_prompt": MCA_POST_PROMPT, "na_post_prompt": API_NA_POST_PROMPT},
     "gpt4v": {"pre_prompt": "", "mca_post_prompt": MCA_POST_PROMPT, "na_post_prompt": API_NA_POST_PROMPT},
 }
-PROMPT_TYPES = ("default", "official", "thinking", "gemini_api", "gpt4v")
+PROMPT_TYPES = ("default", "official", "thinking", "gemini_api", "gpt4v", "custom")
+TEMPLATE_KEYS = ("pre_prompt", "mca_post_prompt", "na_post_prompt")
+# Spatial-R1's wording for a cognitive map placed before the question.
+COGMAP_INTRO = "Here is a cognitive_map for the video that may help you understand the space in the video:"
 
 
-def build_prompt(question: dict, prompt_type: str) -> str:
-    """The text that follows the video in the user message."""
+def load_prompt_template(path: str) -> dict:
+    """A user prompt template: a JSON or YAML mapping with pre_prompt, mca_post_prompt and na_post_prompt."""
+    if not Path(path).is_file():
+        raise DataError(f"prompt_template_file: {path}: file not found")
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        if Path(path).suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            template = yaml.safe_load(text)
+        else:
+            template = json.loads(text)
+    except Exception as error:
+        raise DataError(f"prompt_template_file: {path}: cannot parse ({error})") from None
+    if not isinstance(template, dict):
+        raise DataError(f"prompt_template_file: {path}: expected a mapping with {', '.join(TEMPLATE_KEYS)}")
+    missing = [key for key in TEMPLATE_KEYS if not isinstance(template.get(key), str)]
+    if missing:
+        raise DataError(f"prompt_template_file: {path}: missing or non-text key(s) {', '.join(missing)}")
+    return {key: template[key] for key in TEMPLATE_KEYS}
+
+
+def build_prompt(
+    question: dict, prompt_type: str, template: dict | None = None, cognitive_map: str | None = None
+) -> str:
+    """The text that follows the video in the user message. `template` is the user's, for prompt_type
+    "custom"; a cognitive map goes between the pre-prompt and the question."""
     is_mca = question["question_type"] in MCA_QUESTION_TYPES
+    cogmap = f"{COGMAP_INTRO}\nCognitive Map:\n{cognitive_map}\n" if cognitive_map else ""
     if prompt_type == "official":  # the VSI-Bench paper's wording
-        lines = [OFFICIAL_PRE_PROMPT, question["question"]]
+        lines = [OFFICIAL_PRE_PROMPT, cogmap + question["question"]]
         if is_mca:
             lines += ["Options:", *question["options"], MCA_POST_PROMPT]
         else:
             lines.append(NA_POST_PROMPT)
         return "\n".join(lines)
-    if prompt_type not in PROMPT_TEMPLATES:
+    if prompt_type == "custom":
+        if template is None:
+            raise ValueError("prompt_type 'custom' needs a prompt template")
+    elif prompt_type in PROMPT_TEMPLATES:
+        template = PROMPT_TEMPLATES[prompt_type]
+    else:
         raise ValueError(f"unknown prompt_type {prompt_type!r}; choose from {', '.join(PROMPT_TYPES)}")
-    template = PROMPT_TEMPLATES[prompt_type]
-    text = template["pre_prompt"] + "Question:\n" + question["question"]
+    text = template["pre_prompt"] + cogmap + "Question:\n" + question["question"]
     if is_mca:
         text += "\nOptions:\n" + "\n".join(question["options"])
     return text + "\n" + (template["mca_post_prompt"] if is_mca else template["na_post_prompt"])
