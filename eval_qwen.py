@@ -20,7 +20,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -96,13 +96,15 @@ class EvalConfig:
     seed: int = 42
     trust_remote_code: bool = False  # let transformers run code shipped with the checkpoint
     resume: str | None = None  # a run directory to continue with its saved config
+    run_dir: str | None = None  # this run's directory instead of a new timestamped one (torchrun: one for all ranks)
+    dist_timeout_minutes: float = 720  # torchrun: how long ranks wait for each other before giving up
     demo: bool = False  # build (once) and evaluate a tiny random model on a synthetic VSI-Bench-shaped set
     demo_dir: str = "demo_data"  # where the demo's model and data live
     demo_family: Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl"] = "qwen2_5_vl"
 
 
 # What --resume may change: where and how wide the work runs, never what is computed.
-RESUME_OVERRIDABLE = {"gpu_ids", "num_processes"}
+RESUME_OVERRIDABLE = {"gpu_ids", "num_processes", "dist_timeout_minutes"}
 
 # What --demo sets, unless the same flag is given on the command line.
 DEMO_SETTINGS = {"num_processes": 1, "batch_size": 4, "max_new_tokens": 16, "output_dir_base": "demo_runs"}
@@ -356,7 +358,7 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
     started = time.perf_counter()
     transformers.utils.logging.disable_progress_bar()
     model, processor, info = load_model(config.model_name, device, config.mrope_positions, config.trust_remote_code)
-    device_name = torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or "cpu"
+    device_name = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu"
     todo = [q for q in questions if q["id"] not in done_ids]
     log.info(
         f"worker {rank} (pid {os.getpid()}): {len(todo)} of {len(questions)} questions to answer, device {device} "
@@ -610,53 +612,156 @@ def resume_config(run_dir: Path, given: set[str], overrides: EvalConfig) -> Eval
     return config
 
 
-def main(defaults: EvalConfig, argv: list[str] | None = None) -> int:
-    config, given = parse_config(defaults, sys.argv[1:] if argv is None else argv)
-    try:
-        if config.resume:
-            config = resume_config(Path(config.resume), given, config)
-        elif config.demo:
-            config = apply_demo(config, given)
-        check_config(config)
-        questions, selection = select_questions(config)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
+def prepare(config: EvalConfig, given: set[str]) -> tuple[EvalConfig, list[dict], str]:
+    """The run's final config (a resumed run's saved one, or the demo's), checked, and its questions."""
     if config.resume:
-        run_dir = Path(config.resume)
+        config = resume_config(Path(config.resume), given, config)
+    elif config.demo:
+        config = apply_demo(config, given)
+    check_config(config)
+    questions, selection = select_questions(config)
+    return config, questions, selection
+
+
+def open_run_dir(config: EvalConfig) -> Path:
+    """The run directory: the resumed one, `run_dir` when given (never one that holds a run), or a new
+    timestamped one. A new one gets shards/ and config.json."""
+    if config.resume:
+        return Path(config.resume)
+    if config.run_dir:
+        run_dir = Path(config.run_dir)
+        if (run_dir / "config.json").exists():
+            raise DataError(f"run_dir: {run_dir} already holds a run; continue it with --resume {run_dir}")
+        run_dir.mkdir(parents=True, exist_ok=True)
     else:
         run_dir = make_run_dir(config)
-        (run_dir / "shards").mkdir()
-        (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-    log_path = run_dir / f"vsibench_eval_{config.prompt_type}.log"
-    results_path = run_dir / f"vsibench_results_{config.prompt_type}.jsonl"
-    log = setup_logging(log_path)
-    run_versions = versions()
+    (run_dir / "shards").mkdir(exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    return run_dir
+
+
+def start_log(config: EvalConfig, run_dir: Path, questions: list[dict], selection: str, console=logging.INFO):
+    """The run's logger, with the config, versions and question selection written first."""
+    log = setup_logging(run_dir / f"vsibench_eval_{config.prompt_type}.log", console_level=console)
     log.info(f"{'resuming' if config.resume else 'run directory'}: {run_dir}")
     log.info("config: " + json.dumps(asdict(config)))
-    log.info("versions: " + json.dumps(run_versions))
-    try:
-        done_ids = set(shard_records(run_dir, log)) & {q["id"] for q in questions}
-    except DataError as error:
-        log.error(str(error))
-        return 2
-    log.info(
-        f"{len(questions)} questions over {len(group_by_video(questions))} videos; {selection}"
-        + (f"; {len(done_ids)} already answered" if config.resume else "")
-    )
+    log.info("versions: " + json.dumps(versions()))
+    log.info(f"{len(questions)} questions over {len(group_by_video(questions))} videos; {selection}")
     if config.use_cognitive_map and config.offload_cogmap:
         found = sum(q["offloaded_cogmap"] is not None for q in questions)
         log.info(
             f"cognitive maps: {found} of {len(questions)} questions have one in {config.cogmap_file_path}; "
             f"the others: {'generated by the model' if config.cogmap_fallback == 'generate' else 'no map'}"
         )
+    return log
 
+
+def answered_ids(run_dir: Path, questions: list[dict], log: logging.Logger) -> set[int]:
+    """Ids of the questions that already have a record (after cutting torn last lines off the shards)."""
+    done = set(shard_records(run_dir, log)) & {q["id"] for q in questions}
+    if done:
+        log.info(f"{len(done)} questions already answered; they are skipped")
+    return done
+
+
+def main(defaults: EvalConfig, argv: list[str] | None = None) -> int:
+    config, given = parse_config(defaults, sys.argv[1:] if argv is None else argv)
+    if torchrun_ranks():
+        return main_torchrun(config, given)
+    try:
+        config, questions, selection = prepare(config, given)
+        run_dir = open_run_dir(config)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    log = start_log(config, run_dir, questions, selection)
+    try:
+        done_ids = answered_ids(run_dir, questions, log)
+    except DataError as error:
+        log.error(str(error))
+        return 2
     started = time.perf_counter()
-    shards = shard_by_video(questions, config.num_processes)
-    failures = run_workers(config, shards, done_ids, run_dir, log)
-    elapsed = time.perf_counter() - started
+    failures = run_workers(config, shard_by_video(questions, config.num_processes), done_ids, run_dir, log)
+    resume = f"python eval_qwen.py --resume {run_dir}"
+    return finish_run(config, run_dir, questions, done_ids, failures, time.perf_counter() - started, log, resume)
 
+
+# ---------------------------------------------------------------- under torchrun / accelerate launch
+
+
+def torchrun_ranks() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when launched by torchrun or accelerate, else None."""
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    if not all(name in os.environ for name in names):
+        return None
+    return tuple(int(os.environ[name]) for name in names)
+
+
+def main_torchrun(config: EvalConfig, given: set[str]) -> int:
+    """One rank of a torchrun job: rank 0 prepares the run directory, every rank answers its shard
+    in-process on the GPU of its LOCAL_RANK, and rank 0 merges and scores once every rank has finished.
+
+    All ranks must see the run directory (a shared filesystem)."""
+    import torch.distributed as dist
+
+    rank, world_size, local_rank = torchrun_ranks()
+    mp.current_process().name = f"rank-{rank}"  # how log lines name their process
+    timeout = timedelta(minutes=config.dist_timeout_minutes)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
+    gloo = dist.new_group(backend="gloo", timeout=timeout)  # monitored_barrier names missing ranks; gloo only
+    try:
+        decided = [0, None, None]  # exit status, config, run dir: rank 0 decides, the others follow
+        if rank == 0:
+            try:
+                config, questions, selection = prepare(config, given)
+                decided = [0, config, str(open_run_dir(config))]
+            except DataError as error:
+                print(f"error: {error}", file=sys.stderr)
+                decided = [2, None, None]
+        dist.broadcast_object_list(decided, src=0)
+        status, config, run_dir = decided
+        if status:
+            return status
+        run_dir = Path(run_dir)
+        if rank != 0:
+            questions, selection = select_questions(config)
+        log = start_log(config, run_dir, questions, selection, logging.INFO if rank == 0 else logging.WARNING)
+        if rank == 0:
+            answered_ids(run_dir, questions, log)  # cuts torn lines before anyone appends
+            log.info(f"torchrun: {world_size} ranks; if the job stops, relaunch it with --resume {run_dir}")
+        dist.barrier(group=gloo)
+        done_ids = set(shard_records(run_dir, log)) & {q["id"] for q in questions}
+        shard = shard_by_video(questions, world_size)[rank]
+        first_id = min((q["id"] for q in questions if q["id"] not in done_ids), default=None)
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        if device != "cpu":
+            torch.cuda.set_device(local_rank)
+        started = time.perf_counter()
+        if any(q["id"] not in done_ids for q in shard):
+            compare_first = any(q["id"] == first_id for q in shard)
+            evaluate_questions(rank, device, config, shard, done_ids, run_dir, log, compare_first)
+        failures = {}
+        try:
+            dist.monitored_barrier(group=gloo, timeout=timeout, wait_all_ranks=True)
+        except RuntimeError as error:  # only rank 0 waits for the others here
+            log.error(f"not every rank finished within {config.dist_timeout_minutes} minutes: {error}")
+            failures = {"?": "did not reach the final barrier"}
+        if rank != 0:
+            return 0
+        resume = f"the same torchrun command with --resume {run_dir}"
+        elapsed = time.perf_counter() - started
+        return finish_run(config, run_dir, questions, done_ids, failures, elapsed, log, resume)
+    finally:
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- the end of a run
+
+
+def finish_run(config, run_dir: Path, questions, done_ids, failures: dict, elapsed: float, log, resume: str) -> int:
+    """Merge the shards into the results file sorted by id, score it, write the summary and the table;
+    the exit status says whether every question has a result."""
+    results_path = run_dir / f"vsibench_results_{config.prompt_type}.jsonl"
     by_id = shard_records(run_dir, log)
     records = [by_id[q["id"]] for q in questions if q["id"] in by_id]  # questions are sorted by id
     write_jsonl(str(results_path), records)
@@ -676,7 +781,7 @@ def main(defaults: EvalConfig, argv: list[str] | None = None) -> int:
         "failed_workers": {str(rank): why for rank, why in failures.items()},
         "seconds": round(elapsed, 2),
         "questions_per_second": round(answered / elapsed, 3) if elapsed > 0 else None,
-        "versions": run_versions,
+        "versions": versions(),
         "settings": score_settings(config, workers),
         "workers": workers,
     }
@@ -689,14 +794,13 @@ def main(defaults: EvalConfig, argv: list[str] | None = None) -> int:
         log.warning(f"{len(failed_videos)} video(s) failed: {', '.join(failed_videos)}")
     log.info("accuracy (%):\n" + vsibench_acc.format_table(result))
     log.info(f"results: {results_path}")
-    log.info(f"log: {log_path}")
+    log.info(f"log: {run_dir / f'vsibench_eval_{config.prompt_type}.log'}")
     if summary["missing"]:
         for rank, why in sorted(failures.items()):
             log.error(f"worker {rank} {why}; its shard is incomplete")
         log.error(
             f"INCOMPLETE: {summary['missing']} of {len(questions)} questions have no result; the table above "
-            f"covers only the answered ones. Finished answers are kept. Resume with:\n"
-            f"  python eval_qwen.py --resume {run_dir}"
+            f"covers only the answered ones. Finished answers are kept. Resume with:\n  {resume}"
         )
         return 130 if "interrupted" in failures.values() else 1
     return 0
