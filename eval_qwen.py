@@ -282,7 +282,8 @@ def result_record(
         "cognitive_map": cogmap[0],
         "error": error,
     }
-    record["score"] = vsibench_acc.score_record(record)
+    record["score"] = vsibench_acc.score_record(record)  # the official rules
+    record["score_lenient"] = vsibench_acc.score_record(record, parser="lenient")
     return record
 
 
@@ -766,11 +767,15 @@ def finish_run(config, run_dir: Path, questions, done_ids, failures: dict, elaps
     records = [by_id[q["id"]] for q in questions if q["id"] in by_id]  # questions are sorted by id
     write_jsonl(str(results_path), records)
     result = vsibench_acc.aggregate(records)
+    stats = vsibench_acc.summarize(records)  # with the micro mean, datasets and 95 % intervals
+    lenient = vsibench_acc.aggregate(records, parser="lenient")
     workers = [json.loads(p.read_text()) for p in sorted((run_dir / "shards").glob("worker_*.json"))]
     failed_videos = sorted({r["dataset"] + "/" + r["scene_name"] for r in records if is_video_error(r["error"])})
     answered = len(records) - len(done_ids)
     summary = {
         **result,
+        **{key: stats[key] for key in ("micro", "datasets", "ci", "bootstrap")},
+        "lenient": {"overall": lenient["overall"], "tasks": lenient["tasks"], "parser": "lenient"},
         "complete": len(records) == len(questions),
         "missing": len(questions) - len(records),
         "run_dir": str(run_dir),
@@ -792,7 +797,8 @@ def finish_run(config, run_dir: Path, questions, done_ids, failures: dict, elaps
     log.info("time in workers: " + ", ".join(f"{name} {value:.1f}s" for name, value in stage_seconds.items()))
     if failed_videos:
         log.warning(f"{len(failed_videos)} video(s) failed: {', '.join(failed_videos)}")
-    log.info("accuracy (%):\n" + vsibench_acc.format_table(result))
+    log.info("accuracy (%):\n" + vsibench_acc.format_table(stats))
+    log.info(f"overall with the lenient parser (rescore: vsibench_acc.py --parser lenient): {lenient['overall']:.2f}")
     log.info(f"results: {results_path}")
     log.info(f"log: {run_dir / f'vsibench_eval_{config.prompt_type}.log'}")
     if summary["missing"]:

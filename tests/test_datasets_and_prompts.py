@@ -201,3 +201,18 @@ def test_offloaded_maps_match_ids_and_scene_names_as_text(tmp_path):
     pickled.write_bytes(b"\x80\x04")
     with pytest.raises(DataError, match="unsupported file type '.pkl'"):
         load_offloaded_maps(str(pickled), "id", "cognitive_map")
+
+
+def test_generic_video_r1_types_are_scored_as_tasks_of_their_own():
+    from vsibench_acc import aggregate, format_table
+
+    records = [
+        {"question_type": "multiple choice", "prediction": "A", "ground_truth": "A", "options": ["A. x", "B. y"]},
+        {"question_type": "multiple choice", "prediction": "B", "ground_truth": "A", "options": ["A. x", "B. y"]},
+        {"question_type": "numerical", "prediction": "3.3", "ground_truth": "3", "options": None},
+    ]
+    result = aggregate(records)
+    assert result["tasks"] == {"multiple choice": 50.0, "numerical": pytest.approx(90.0)}
+    assert result["overall"] == pytest.approx(70.0)
+    table = format_table(result)
+    assert "multiple choice" in table and "obj_appearance_order" not in table

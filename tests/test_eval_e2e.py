@@ -29,7 +29,7 @@ def test_each_family_runs_end_to_end(family, demo_dirs, demo_run):
         assert RECORD_KEYS <= set(record)
         assert record["error"] is None
         assert record["prompt"] == build_prompt(question, "default")
-        assert record["prediction"] and 0.0 <= record["score"] <= 1.0
+        assert record["prediction"] and 0.0 <= record["score"] <= 1.0 and 0.0 <= record["score_lenient"] <= 1.0
         assert len(record["frame_indices"]) == len(record["frame_timestamps"]) >= 1
         assert record["frame_indices"] == sorted(record["frame_indices"])
     # fps 1 caps short videos; a video longer than 32 s gets the full 32 frames
@@ -48,7 +48,10 @@ def test_rescoring_the_results_file_matches_log_and_summary(demo_run, capsys):
     assert {k: summary[k] for k in rescored} == rescored
     assert rescored["n"] == 40 and rescored["failed"] == 0 and len(rescored["tasks"]) == 8
     log = (run_dir / "vsibench_eval_default.log").read_text()
-    assert vsibench_acc.format_table(rescored) in log
+    vsibench_acc.main([str(results)])  # the default report: the table the log shows
+    assert capsys.readouterr().out.strip() in log
+    assert "Overall (micro)" in log and "95% CI" in log and "overall with the lenient parser" in log
+    assert summary["lenient"]["parser"] == "lenient" and summary["ci"]["overall"][0] <= summary["overall"]
     for needle in (
         '"transformers": "5.',
         "attention sdpa",
