@@ -100,17 +100,29 @@ def mean_relative_accuracy(pred: float, target: float) -> float:
     return float((relative_error <= 1 - MRA_THRESHOLDS).mean())
 
 
-def score_answer(answer: str, ground_truth: str, question_type: str) -> float:
-    """Metric of one extracted answer, in [0, 1]."""
-    token = first_token(answer)
+def is_multiple_choice(question_type: str) -> bool:
     if question_type in MCA_QUESTION_TYPES:
-        return exact_match(token, str(ground_truth))
+        return True
     if question_type in NA_QUESTION_TYPES:
-        pred, target = to_float(token), to_float(str(ground_truth))
-        if pred is None or target is None:
-            return 0.0
-        return mean_relative_accuracy(pred, target)
+        return False
     raise ValueError(f"unknown question_type {question_type!r}")
+
+
+def metric(parsed: str | float | None, ground_truth: str, question_type: str) -> float:
+    """Score in [0, 1] of a parsed answer: a letter for multiple choice, a number for numerical; None (no
+    answer, or an unparsable number) scores 0."""
+    if parsed is None:
+        return 0.0
+    if is_multiple_choice(question_type):
+        return exact_match(parsed, str(ground_truth))
+    target = to_float(str(ground_truth))
+    return 0.0 if target is None else mean_relative_accuracy(parsed, target)
+
+
+def score_answer(answer: str, ground_truth: str, question_type: str) -> float:
+    """Metric of one extracted answer by the official rules, in [0, 1]."""
+    token = first_token(answer)
+    return metric(token if is_multiple_choice(question_type) else to_float(token), ground_truth, question_type)
 
 
 # ---------------------------------------------------------------- the lenient parser
@@ -221,14 +233,8 @@ def parse_number(text: str) -> float | None:
 def score_lenient(prediction: str | None, ground_truth: str, question_type: str, options: list[str] | None) -> float:
     """Metric of one prediction read by the lenient parser, in [0, 1]; 0 when it states no answer."""
     text = answer_text(prediction)
-    if question_type in MCA_QUESTION_TYPES:
-        return exact_match(parse_choice(text, options) or "", str(ground_truth))
-    if question_type in NA_QUESTION_TYPES:
-        pred, target = parse_number(text), to_float(str(ground_truth))
-        if pred is None or target is None:
-            return 0.0
-        return mean_relative_accuracy(pred, target)
-    raise ValueError(f"unknown question_type {question_type!r}")
+    parsed = parse_choice(text, options) if is_multiple_choice(question_type) else parse_number(text)
+    return metric(parsed, ground_truth, question_type)
 
 
 def score_record(record: dict, parser: str = "official") -> float:
