@@ -53,3 +53,14 @@ def test_undecodable_video_names_the_file(tmp_path):
     junk.write_bytes(b"\x00\x01not a video" * 100)
     with pytest.raises(VideoError, match="junk.mp4: cannot decode"):
         load_video(str(junk), 8, 1.0, (448, 448), 28)
+
+
+def test_decodes_a_real_mp4_into_resized_frames_with_their_times(demo_dirs):
+    video_path = demo_dirs("qwen2_5_vl") / "vsibench" / "arkitscenes" / "41069025.mp4"  # 36 s, 10 fps, 160x120
+    video = load_video(str(video_path), 32, 1.0, (448, 448), 28)
+    assert video.frames.shape == (32, 112, 168, 3) and video.frames.dtype == np.uint8
+    assert video.total_frames == 360 and video.avg_fps == pytest.approx(10.0) and video.duration == 36.0
+    assert video.frame_indices == sample_frame_indices(360, 10.0, 32, 1.0)
+    assert video.timestamps == [round(i / 10.0, 3) for i in video.frame_indices]
+    assert video.metadata()["frames_indices"] == video.frame_indices
+    assert video.frames[0].std() > 0 and not np.array_equal(video.frames[0], video.frames[-1])

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import read_results
+from conftest import read_results, run_eval
 
 import eval_qwen
 from eval_qwen import EvalConfig, answer_batch, make_run_dir
@@ -178,3 +179,23 @@ def test_bad_paths_exit_2(demo_dirs, tmp_path, capsys, problem):
     argv = ["--parquet_file", str(demo / "vsibench" / "test.parquet"), "--video_dir", video_dir, "--model_name", model]
     assert eval_qwen.main(EvalConfig(output_dir_base=str(tmp_path / "runs")), argv) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_truncated_video_is_recorded_and_the_run_goes_on(demo_dirs, tmp_path):
+    demo = tmp_path / "demo"
+    shutil.copytree(demo_dirs("qwen2_5_vl"), demo)
+    victim = demo / "vsibench" / "scannetpp" / "0a5c013435.mp4"
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # a download cut off halfway
+    argv = ["--demo", "--demo_dir", str(demo), "--output_dir_base", str(tmp_path / "runs"), "--num_processes", "2"]
+    status, run_dir = run_eval(argv)
+    assert status == 0
+    records = read_results(run_dir)
+    ids = [r["id"] for r in records]
+    assert len(ids) == len(set(ids)) == 40  # nothing lost, nothing twice
+    failed = [r for r in records if r["error"]]
+    assert {r["scene_name"] for r in failed} == {"0a5c013435"} and len(failed) == 10
+    assert all("0a5c013435.mp4: cannot decode video" in r["error"] and r["score"] == 0.0 for r in failed)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["failed_videos"] == ["scannetpp/0a5c013435"] and summary["failed"] == 10 and summary["complete"]
+    log = (run_dir / "vsibench_eval_default.log").read_text()
+    assert "0a5c013435.mp4: cannot decode video" in log and "1 video(s) failed: scannetpp/0a5c013435" in log
