@@ -42,7 +42,7 @@ from generation import (
     processor_inputs,
     shared_prefix_text,
 )
-from qwen_vl_utils import VideoError, VideoFrames, compare_positions, load_video
+from qwen_vl_utils import QWEN_VL_MODEL_TYPES, VideoError, VideoFrames, compare_positions, load_video
 from util import (
     DataError,
     build_prompt,
@@ -56,8 +56,6 @@ from util import (
     shard_by_video,
     write_jsonl,
 )
-
-SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 
 
 @dataclass
@@ -173,10 +171,10 @@ def check_model(model_name: str) -> None:
             raise DataError(f"model_name: {model_name}: no config.json, not a model checkpoint")
         with open(config_file) as handle:
             model_type = json.load(handle).get("model_type")
-        if model_type not in SUPPORTED_MODEL_TYPES:
+        if model_type not in QWEN_VL_MODEL_TYPES:
             raise DataError(
                 f"model_name: {config_file}: model_type {model_type!r} is not a Qwen-VL model "
-                f"({', '.join(SUPPORTED_MODEL_TYPES)})"
+                f"({', '.join(QWEN_VL_MODEL_TYPES)})"
             )
     elif looks_local:
         raise DataError(f"model_name: {model_name}: no such directory")
