@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import read_results, run_eval
@@ -13,6 +14,7 @@ import vsibench_acc
 from eval_qwen import EvalConfig, parse_config
 from util import build_prompt, debug_subset, load_questions
 
+ROOT = Path(__file__).resolve().parent.parent
 RECORD_KEYS = {
     "id", "dataset", "scene_name", "question_type", "question", "options", "ground_truth", "prompt",
     "prediction", "answer", "score", "frame_indices", "frame_timestamps", "video_duration", "error",
@@ -106,13 +108,16 @@ def test_cli_overrides_any_field():
 def test_bad_data_file_exits_2_before_loading_a_model(demo_dirs, tmp_path):
     demo = demo_dirs("qwen2_5_vl")
     argv = [sys.executable, "eval_qwen.py", "--model_name", str(demo / "model"), "--video_dir", str(demo / "vsibench")]
-    missing = subprocess.run([*argv, "--parquet_file", str(tmp_path / "nope.parquet")], capture_output=True, text=True)
+    missing = subprocess.run(
+        [*argv, "--parquet_file", str(tmp_path / "nope.parquet")], capture_output=True, text=True, cwd=ROOT
+    )
     assert missing.returncode == 2 and "nope.parquet: data file not found" in missing.stderr
     assert "Traceback" not in missing.stderr
     not_a_model = subprocess.run(
         [*argv[:3], str(tmp_path), *argv[4:], "--parquet_file", str(demo / "vsibench" / "test.parquet")],
         capture_output=True,
         text=True,
+        cwd=ROOT,
     )
     assert not_a_model.returncode == 2 and "no config.json" in not_a_model.stderr
 
