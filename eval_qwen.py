@@ -369,8 +369,7 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
     template = load_prompt_template(config.prompt_template_file) if config.prompt_template_file else None
     timer = StageTimer(model)
     video_seconds = 0.0
-    todo_ids = {q["id"] for q in todo}
-    groups = {path: qs for path, qs in group_by_video(questions).items() if any(q["id"] in todo_ids for q in qs)}
+    groups = {path: qs for path, qs in group_by_video(questions).items() if any(q["id"] not in done_ids for q in qs)}
 
     shard_path = run_dir / "shards" / f"shard_{rank}.jsonl"
     first_prompt_checked = not compare_first
@@ -383,11 +382,12 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
             video_questions = groups[video_path]
             if video_error:
                 log.error(f"worker {rank}: {video_error}; its {len(video_questions)} questions score 0")
+            prompts = {q["id"]: build_prompt(q, config.prompt_type, template) for q in video_questions}
+            texts = {qid: chat_text(processor, prompt) for qid, prompt in prompts.items()}
             # The video's prefix is shared by the questions' texts and, when one is generated, the map's.
-            plain_texts = [chat_text(processor, build_prompt(q, config.prompt_type, template)) for q in video_questions]
             map_text = chat_text(processor, COGMAP_PROMPT) if needs_generated_map(config, video_questions) else None
             answer_texts, video_error = video_answerer(
-                model, processor, video, video_error, plain_texts + ([map_text] if map_text else []), config
+                model, processor, video, video_error, [*texts.values(), *([map_text] if map_text else [])], config
             )
             if video_error and video is not None:
                 log.error(f"worker {rank}: {video_path}: {video_error}")
@@ -395,10 +395,11 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
             if map_text and not video_error:
                 generate_map = partial(answer_texts, [map_text], max_new_tokens=config.cogmap_max_new_tokens)
             cogmaps = cognitive_maps(config, video_questions, generate_map)
-            prompts = {
-                q["id"]: build_prompt(q, config.prompt_type, template, cogmaps[q["id"]][0]) for q in video_questions
-            }
-            texts = {qid: chat_text(processor, prompt) for qid, prompt in prompts.items()}
+            if config.use_cognitive_map:  # each question's map goes between the pre-prompt and the question
+                prompts = {
+                    q["id"]: build_prompt(q, config.prompt_type, template, cogmaps[q["id"]][0]) for q in video_questions
+                }
+                texts = {qid: chat_text(processor, prompt) for qid, prompt in prompts.items()}
             if not video_error and not first_prompt_checked:
                 inputs = processor_inputs(processor, video, [texts[video_questions[0]["id"]]], config.position_fps)
                 comparison = compare_positions(model, inputs.to(model.device))
@@ -726,10 +727,11 @@ def main_torchrun(config: EvalConfig, given: set[str]) -> int:
             questions, selection = select_questions(config)
         log = start_log(config, run_dir, questions, selection, logging.INFO if rank == 0 else logging.WARNING)
         if rank == 0:
-            answered_ids(run_dir, questions, log)  # cuts torn lines before anyone appends
+            done_ids = answered_ids(run_dir, questions, log)  # also cuts torn lines before anyone appends
             log.info(f"torchrun: {world_size} ranks; if the job stops, relaunch it with --resume {run_dir}")
         dist.barrier(group=gloo)
-        done_ids = set(shard_records(run_dir, log)) & {q["id"] for q in questions}
+        if rank != 0:
+            done_ids = set(shard_records(run_dir, log)) & {q["id"] for q in questions}
         shard = shard_by_video(questions, world_size)[rank]
         first_id = min((q["id"] for q in questions if q["id"] not in done_ids), default=None)
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
@@ -764,15 +766,13 @@ def finish_run(config, run_dir: Path, questions, done_ids, failures: dict, elaps
     by_id = shard_records(run_dir, log)
     records = [by_id[q["id"]] for q in questions if q["id"] in by_id]  # questions are sorted by id
     write_jsonl(str(results_path), records)
-    result = vsibench_acc.aggregate(records)
-    stats = vsibench_acc.summarize(records)  # with the micro mean, datasets and 95 % intervals
+    stats = vsibench_acc.summarize(records)  # aggregate()'s scores, the micro mean, datasets and 95 % intervals
     lenient = vsibench_acc.aggregate(records, parser="lenient")
     workers = [json.loads(p.read_text()) for p in sorted((run_dir / "shards").glob("worker_*.json"))]
     failed_videos = sorted({r["dataset"] + "/" + r["scene_name"] for r in records if is_video_error(r["error"])})
     answered = len(records) - len(done_ids)
     summary = {
-        **result,
-        **{key: stats[key] for key in ("micro", "datasets", "ci", "bootstrap")},
+        **stats,
         "lenient": {"overall": lenient["overall"], "tasks": lenient["tasks"], "parser": "lenient"},
         "complete": len(records) == len(questions),
         "missing": len(questions) - len(records),

@@ -97,9 +97,6 @@ def load_questions(data_file: str, video_dir: str) -> list[dict]:
     return sorted(questions, key=lambda q: q["id"])
 
 
-ANSWER_SPAN_STRICT = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-
-
 def sr_row(row: dict, data_file: str, index: int) -> tuple[dict, str]:
     """A Spatial-R1 record ({"problem_id", "problem", "problem_type": ["object_counting"], "solution":
     "<answer>7</answer>", "video_filename": "scannet/scene0653_00.mp4"}) or a Video-R1 one (problem_type
@@ -121,7 +118,7 @@ def sr_row(row: dict, data_file: str, index: int) -> tuple[dict, str]:
     relative = str(relative).removeprefix("./").lstrip("/")
     problem_type = row["problem_type"]
     question_type = problem_type[0] if isinstance(problem_type, list) and problem_type else problem_type
-    solution = ANSWER_SPAN_STRICT.search(str(row["solution"]))
+    solution = ANSWER_SPAN.search(str(row["solution"]))
     if not solution:
         raise fail("solution", f"no <answer>...</answer> span in {row['solution']!r}")
     question, options = str(row["problem"]).removeprefix("Question:\n"), row.get("options")

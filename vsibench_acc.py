@@ -300,8 +300,13 @@ def micro_mean(by_type: dict[str, np.ndarray]) -> float:
 def aggregate(records: list[dict], parser: str = "official") -> dict:
     """Per-task means in percent; object_rel_direction is the mean of its three sub-type means, overall the
     unweighted mean of the task scores (macro)."""
+    return scores_report(records, scores_by_type(records, parser), parser)
+
+
+def scores_report(records: list[dict], by_type: dict[str, np.ndarray], parser: str) -> dict:
+    """aggregate()'s result from the records' already computed scores by question type."""
     return {
-        **macro_scores(scores_by_type(records, parser)),
+        **macro_scores(by_type),
         "n": len(records),
         "failed": sum(1 for r in records if r.get("error")),
         "parser": parser,
@@ -357,7 +362,7 @@ def summarize(records: list[dict], parser: str = "official", resamples: int = RE
     """aggregate() plus the micro mean, the per-dataset breakdown and 95 % bootstrap intervals."""
     by_type = scores_by_type(records, parser)
     return {
-        **aggregate(records, parser),
+        **scores_report(records, by_type, parser),
         "micro": micro_mean(by_type),
         "datasets": dataset_breakdown(records, parser),
         "ci": confidence_intervals(by_type, resamples, seed),
