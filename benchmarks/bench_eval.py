@@ -25,11 +25,14 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import demo_assets  # noqa: E402
-import eval_qwen  # noqa: E402
+import demo_data  # noqa: E402
+import tiny_models  # noqa: E402
+import worker  # noqa: E402
+from config import EvalConfig  # noqa: E402
 from generation import StageTimer, chat_text, generate_plain, load_model  # noqa: E402
+from prompts import build_prompt  # noqa: E402
 from qwen_vl_utils import load_video  # noqa: E402
-from util import build_prompt, group_by_video  # noqa: E402
+from util import group_by_video  # noqa: E402
 
 FRAME_WIDTH, FRAME_HEIGHT, SOURCE_FPS, SECONDS = 448, 336, 10, 8
 
@@ -41,11 +44,11 @@ def build_workload(out_dir: Path, videos: int, questions_per_video: int, seed: i
     for v in range(videos):
         path = out_dir / "scannet" / f"scene{v:04d}_00.mp4"
         path.parent.mkdir(parents=True, exist_ok=True)
-        frames = demo_assets.render_frames(FRAME_WIDTH, FRAME_HEIGHT, SECONDS * SOURCE_FPS, rng)
-        demo_assets.write_video(path, frames, SOURCE_FPS)
+        frames = demo_data.render_frames(FRAME_WIDTH, FRAME_HEIGHT, SECONDS * SOURCE_FPS, rng)
+        demo_data.write_video(path, frames, SOURCE_FPS)
         rows = []
         while len(rows) < questions_per_video:
-            rows += demo_assets.scene_questions(rng)
+            rows += demo_data.scene_questions(rng)
         for question_type, question, ground_truth, options in rows[:questions_per_video]:
             questions.append(
                 {
@@ -81,16 +84,16 @@ def run_shared(model, processor, config, questions) -> tuple[dict, int]:
     factor = processor.video_processor.patch_size * processor.video_processor.merge_size
     groups = group_by_video(questions)
     answers, decodes = {}, 0
-    for path, video, video_error, _ in eval_qwen.decoded_videos(list(groups), config, factor):
+    for path, video, video_error, _ in worker.decoded_videos(list(groups), config, factor):
         assert video_error is None, video_error
         decodes += 1
         texts = [chat_text(processor, build_prompt(q, config.prompt_type)) for q in groups[path]]
-        answer, error = eval_qwen.video_answerer(model, processor, video, None, texts, config)
+        answer, error = worker.video_answerer(model, processor, video, None, texts, config)
         assert error is None, error
         for start in range(0, len(texts), config.batch_size):
             batch = groups[path][start : start + config.batch_size]
             batch_texts = texts[start : start + config.batch_size]
-            for question, (prediction, _) in zip(batch, eval_qwen.answer_batch(answer, batch_texts), strict=True):
+            for question, (prediction, _) in zip(batch, worker.answer_batch(answer, batch_texts), strict=True):
                 answers[question["id"]] = prediction
     return answers, decodes
 
@@ -118,9 +121,9 @@ def main() -> None:
     transformers.utils.logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model_dir = demo_assets.build_tiny_checkpoint(tmp / "model", "qwen2_5_vl", width=args.width, layers=args.layers)
+        model_dir = tiny_models.build_tiny_checkpoint(tmp / "model", "qwen2_5_vl", width=args.width, layers=args.layers)
         questions = build_workload(tmp / "videos", args.videos, args.questions_per_video)
-        config = eval_qwen.EvalConfig(
+        config = EvalConfig(
             num_frames=32,
             fps=0,  # 32 frames from every video, as on VSI-Bench's long videos
             target_resolution=(FRAME_HEIGHT, FRAME_WIDTH),

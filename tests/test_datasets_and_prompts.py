@@ -6,10 +6,9 @@ import pandas as pd
 import pytest
 
 from cogmap import load_offloaded_maps, offloaded_map, parse_cognitive_map
+from prompts import build_prompt, load_prompt_template
 from util import (
     DataError,
-    build_prompt,
-    load_prompt_template,
     load_questions,
     select_question_types,
     select_subset,
@@ -204,7 +203,7 @@ def test_offloaded_maps_match_ids_and_scene_names_as_text(tmp_path):
 
 
 def test_generic_video_r1_types_are_scored_as_tasks_of_their_own():
-    from vsibench_acc import aggregate, format_table
+    from report import aggregate, format_table
 
     records = [
         {"question_type": "multiple choice", "prediction": "A", "ground_truth": "A", "options": ["A. x", "B. y"]},

@@ -11,6 +11,8 @@ import torch
 import transformers
 
 import demo_assets
+import demo_data
+import tiny_models
 
 PATCH_SIZE = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
 
@@ -25,10 +27,10 @@ CHOICE_TYPES = {
 }
 
 
-@pytest.fixture(scope="module", params=demo_assets.FAMILIES)
+@pytest.fixture(scope="module", params=tiny_models.FAMILIES)
 def checkpoint(request, tmp_path_factory):
     family = request.param
-    path = demo_assets.build_tiny_checkpoint(tmp_path_factory.mktemp(family), family)
+    path = tiny_models.build_tiny_checkpoint(tmp_path_factory.mktemp(family), family)
     processor = transformers.AutoProcessor.from_pretrained(path)
     model = transformers.AutoModelForImageTextToText.from_pretrained(
         path, dtype=torch.float32, attn_implementation="sdpa"
@@ -38,7 +40,7 @@ def checkpoint(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return demo_assets.build_demo_dataset(tmp_path_factory.mktemp("vsibench"))
+    return demo_data.build_demo_dataset(tmp_path_factory.mktemp("vsibench"))
 
 
 def video_inputs(processor, question, frames):
@@ -129,7 +131,7 @@ def test_greedy_output_depends_on_the_prompt_and_the_video(checkpoint):
 
 def test_same_seed_gives_the_same_weights(tmp_path):
     weights = [
-        (demo_assets.build_tiny_checkpoint(tmp_path / name, seed=seed) / "model.safetensors").read_bytes()
+        (tiny_models.build_tiny_checkpoint(tmp_path / name, seed=seed) / "model.safetensors").read_bytes()
         for name, seed in (("a", 0), ("b", 0), ("c", 1))
     ]
     assert weights[0] == weights[1]
@@ -180,10 +182,10 @@ def test_dataset_rows(dataset):
 def test_videos_decode_with_the_expected_frames(dataset):
     video_dir = dataset.parent
     durations = []
-    for name, scene, width, height, seconds in demo_assets.DEMO_SCENES:
+    for name, scene, width, height, seconds in demo_data.DEMO_SCENES:
         reader = decord.VideoReader(str(video_dir / name / f"{scene}.mp4"))
-        assert len(reader) == seconds * demo_assets.DEMO_FPS
-        assert reader.get_avg_fps() == pytest.approx(demo_assets.DEMO_FPS)
+        assert len(reader) == seconds * demo_data.DEMO_FPS
+        assert reader.get_avg_fps() == pytest.approx(demo_data.DEMO_FPS)
         first, middle = reader.get_batch([0, len(reader) // 2]).asnumpy()
         assert first.shape == (height, width, 3)
         assert first.std() > 10, "blank frame"
@@ -194,7 +196,7 @@ def test_videos_decode_with_the_expected_frames(dataset):
 
 
 def test_dataset_is_deterministic(dataset, tmp_path):
-    again = demo_assets.build_demo_dataset(tmp_path)
+    again = demo_data.build_demo_dataset(tmp_path)
     for path in [dataset, *dataset.parent.rglob("*.mp4")]:
         assert (again.parent / path.relative_to(dataset.parent)).read_bytes() == path.read_bytes()
 

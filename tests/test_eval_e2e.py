@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import read_results, run_eval
 
-import vsibench_acc
-from eval_qwen import EvalConfig, parse_config
-from util import build_prompt, debug_subset, load_questions
+import report
+from config import EvalConfig, parse_config
+from prompts import build_prompt
+from util import debug_subset, load_questions
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORD_KEYS = {
@@ -44,13 +45,13 @@ def test_each_family_runs_end_to_end(family, demo_dirs, demo_run):
 def test_rescoring_the_results_file_matches_log_and_summary(demo_run, capsys):
     run_dir = demo_run("qwen2_5_vl")
     results = run_dir / "vsibench_results_default.jsonl"
-    vsibench_acc.main([str(results), "--json"])
+    report.main([str(results), "--json"])
     rescored = json.loads(capsys.readouterr().out)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert {k: summary[k] for k in rescored} == rescored
     assert rescored["n"] == 40 and rescored["failed"] == 0 and len(rescored["tasks"]) == 8
     log = (run_dir / "vsibench_eval_default.log").read_text()
-    vsibench_acc.main([str(results)])  # the default report: the table the log shows
+    report.main([str(results)])  # the default report: the table the log shows
     assert capsys.readouterr().out.strip() in log
     assert "Overall (micro)" in log and "95% CI" in log and "overall with the lenient parser" in log
     assert summary["lenient"]["parser"] == "lenient" and summary["ci"]["overall"][0] <= summary["overall"]

@@ -14,8 +14,9 @@ from generation import (
     processor_inputs,
     shared_prefix_text,
 )
+from prompts import build_prompt
 from qwen_vl_utils import load_video
-from util import build_prompt, group_by_video, load_questions
+from util import group_by_video, load_questions
 
 
 def video_and_texts(demo, processor, video_number):

@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 
-import demo_assets
+import tiny_models
 from qwen_vl_utils import compare_positions, mrope_position_ids, use_published_positions
 
 TINY_TEXT = {
@@ -230,7 +230,7 @@ def test_compare_positions_agreeing():
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("mrope_checkpoints")
-    return {family: demo_assets.build_tiny_checkpoint(root / family, family) for family in demo_assets.FAMILIES}
+    return {family: tiny_models.build_tiny_checkpoint(root / family, family) for family in tiny_models.FAMILIES}
 
 
 def load(path):

@@ -16,7 +16,9 @@ import torch
 from conftest import read_results, run_eval
 
 import eval_qwen
-from eval_qwen import EvalConfig, answer_batch, make_run_dir
+from config import EvalConfig
+from run_directory import make_run_dir
+from worker import answer_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 

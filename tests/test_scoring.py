@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-import vsibench_acc
+import report
 from vsibench_acc import MRA_THRESHOLDS, aggregate, first_token, mean_relative_accuracy, score_answer, score_record
 
 
@@ -97,7 +97,7 @@ def test_cli_json_is_one_object(tmp_path, capsys):
     path = tmp_path / "r.jsonl"
     rows = [rec("object_counting", "3", "3"), rec("route_planning", "B", "A")]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert vsibench_acc.main([str(path), "--json"]) == 0
+    assert report.main([str(path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"overall", "tasks", "n", "failed", "parser"}
     assert out["tasks"] == {"object_counting": 100.0, "route_planning": 0.0}
@@ -107,6 +107,6 @@ def test_cli_json_is_one_object(tmp_path, capsys):
 def test_cli_table(tmp_path, capsys):
     path = tmp_path / "r.jsonl"
     path.write_text(json.dumps(rec("object_counting", "3", "3")) + "\n")
-    vsibench_acc.main([str(path)])
+    report.main([str(path)])
     out = capsys.readouterr().out
     assert "object_counting" in out and "100.00" in out and "Overall (macro)" in out

@@ -4,9 +4,8 @@ import json
 
 import pytest
 
-import vsibench_acc
-from util import DataError
-from vsibench_acc import (
+import report
+from report import (
     MARKDOWN_HEADER,
     aggregate,
     compare_runs,
@@ -17,6 +16,7 @@ from vsibench_acc import (
     scores_by_type,
     summarize,
 )
+from util import DataError
 
 
 def rec(qid, qtype, prediction, gt, dataset="scannet", error=None):
@@ -160,9 +160,9 @@ def test_different_id_sets_are_refused_unless_intersect():
 def test_cli_compare_refuses_different_id_sets(tmp_path, capsys):
     a = write(tmp_path / "a" / "r.jsonl", run_with(10, A_COUNTING))
     b = write(tmp_path / "b" / "r.jsonl", run_with(20, B_COUNTING)[1:])
-    assert vsibench_acc.main([a, "--compare", b]) == 2
+    assert report.main([a, "--compare", b]) == 2
     assert "1 id(s) only in A, 0 only in B" in capsys.readouterr().err
-    assert vsibench_acc.main([a, "--compare", b, "--intersect", "--json"]) == 0
+    assert report.main([a, "--compare", b, "--intersect", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n"] == 45 and out["only_in_a"] == 1 and out["only_in_b"] == 0
     assert out["names"] == {"a": "a", "b": "b"} and out["parser"] == "official"
@@ -171,12 +171,12 @@ def test_cli_compare_refuses_different_id_sets(tmp_path, capsys):
 def test_cli_compare_json_and_table(tmp_path, capsys):
     a = write(tmp_path / "a" / "r.jsonl", run_with(10, A_COUNTING))
     b = write(tmp_path / "b" / "r.jsonl", run_with(20, B_COUNTING))
-    assert vsibench_acc.main([a, "--compare", b, "--json", "--seed", "3"]) == 0
+    assert report.main([a, "--compare", b, "--json", "--seed", "3"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out == json.loads(json.dumps(out)) and out["bootstrap"] == {"resamples": 2000, "seed": 3}
     assert out["tasks"]["route_planning"]["diff"] == 25.0
     assert set(out["overall"]) == {"a", "b", "diff", "ci", "b_better", "a_better"}
-    assert vsibench_acc.main([a, "--compare", b, "--parser", "lenient"]) == 0
+    assert report.main([a, "--compare", b, "--parser", "lenient"]) == 0
     table = capsys.readouterr().out
     assert "route_planning" in table and "+25.00" in table and "parser: lenient" in table
 
@@ -187,11 +187,11 @@ def test_cli_compare_json_and_table(tmp_path, capsys):
 def test_cli_json_is_aggregate_and_stats_add_keys(tmp_path, capsys):
     records = run_with(10, A_COUNTING)
     path = write(tmp_path / "run" / "r.jsonl", records)
-    vsibench_acc.main([path, "--json"])
+    report.main([path, "--json"])
     assert json.loads(capsys.readouterr().out) == aggregate(records)
-    vsibench_acc.main([path, "--json", "--parser", "lenient"])
+    report.main([path, "--json", "--parser", "lenient"])
     assert json.loads(capsys.readouterr().out) == aggregate(records, parser="lenient")
-    vsibench_acc.main([path, "--json", "--stats", "--seed", "7", "--resamples", "500"])
+    report.main([path, "--json", "--stats", "--seed", "7", "--resamples", "500"])
     out = json.loads(capsys.readouterr().out)
     assert out == json.loads(json.dumps(summarize(records, "official", 500, 7)))
     assert {"overall", "tasks", "n", "failed", "parser", "micro", "datasets", "ci"} <= set(out)
@@ -204,13 +204,13 @@ def test_cli_bad_input_names_the_file(tmp_path, capsys, content, message):
     path = tmp_path / "r.jsonl"
     if content is not None:
         path.write_text(content)
-    assert vsibench_acc.main([str(path)]) == 2
+    assert report.main([str(path)]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_cli_record_without_needed_keys(tmp_path, capsys):
     path = write(tmp_path / "r.jsonl", [{"id": 1, "question_type": "route_planning"}])
-    assert vsibench_acc.main([path]) == 2
+    assert report.main([path]) == 2
     assert "r.jsonl: record 1: missing prediction, ground_truth" in capsys.readouterr().err
 
 
@@ -240,11 +240,11 @@ def test_markdown_table_exact():
 def test_cli_markdown_names_runs_by_folder_or_name(tmp_path, capsys):
     a = write(tmp_path / "qwen-base" / "r.jsonl", run_with(10, A_COUNTING))
     b = write(tmp_path / "qwen-rl" / "r.jsonl", run_with(20, B_COUNTING))
-    assert vsibench_acc.main([a, "--compare", b, "--markdown"]) == 0
+    assert report.main([a, "--compare", b, "--markdown"]) == 0
     rows = capsys.readouterr().out.splitlines()
     assert rows[2].startswith("| qwen-base | ") and rows[3].startswith("| qwen-rl | ")
     assert rows[2].endswith(" | 25.00 | - | 43.33 |")  # route planning 25.00, overall (25 + 61.67) / 2
-    assert vsibench_acc.main([a, "--markdown", "--name", "Base (zero-shot)"]) == 0
+    assert report.main([a, "--markdown", "--name", "Base (zero-shot)"]) == 0
     assert capsys.readouterr().out.splitlines()[2].startswith("| Base (zero-shot) | ")
 
 
@@ -255,6 +255,6 @@ def test_cli_plot_writes_a_png(tmp_path, capsys, compare):
     b = write(tmp_path / "b" / "r.jsonl", run_with(20, B_COUNTING))
     png = tmp_path / "tasks.png"
     argv = [a, "--plot", str(png), "--json"] + (["--compare", b] if compare else [])
-    assert vsibench_acc.main(argv) == 0
+    assert report.main(argv) == 0
     json.loads(capsys.readouterr().out)  # stdout is still one JSON object
     assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

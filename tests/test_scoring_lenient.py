@@ -2,7 +2,8 @@
 
 import pytest
 
-from vsibench_acc import answer_text, parse_choice, parse_number, score_record
+from lenient import answer_text, parse_choice, parse_number
+from report import score_record
 
 OPTIONS = ["A. Back", "B. Right", "C. Left"]
 

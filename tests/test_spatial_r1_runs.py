@@ -6,7 +6,8 @@ import shutil
 import pandas as pd
 from conftest import read_results, run_eval
 
-from eval_qwen import EvalConfig, cognitive_maps
+from config import EvalConfig
+from worker import cognitive_maps
 
 
 def explicit_demo_flags(demo, out):

@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import read_results
 
 import eval_qwen
-from eval_qwen import EvalConfig
+from config import EvalConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 

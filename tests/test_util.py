@@ -3,9 +3,9 @@
 import pandas as pd
 import pytest
 
+from prompts import build_prompt
 from util import (
     DataError,
-    build_prompt,
     debug_subset,
     extract_answer,
     group_by_video,

@@ -1,0 +1,146 @@
+"""Starting the work: one spawned worker process per shard, each on its own GPU (or the CPU), or, under
+torchrun / accelerate launch, this process as one rank. Imports worker, run_directory, config.
+"""
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+from config import EvalConfig, prepare, select_questions
+from run_directory import answered_ids, finish_run, open_run_dir, shard_records, start_log
+from util import DataError, shard_by_video
+from worker import evaluate_questions, evaluate_shard
+
+
+def worker_devices(config: EvalConfig) -> list[str]:
+    """Device of each worker: "cuda:<id>" from gpu_ids, round robin, or "cpu" when CUDA is absent."""
+    if not torch.cuda.is_available():
+        return ["cpu"] * config.num_processes
+    gpu_ids = [g.strip() for g in str(config.gpu_ids).split(",") if g.strip()]
+    if not gpu_ids:
+        raise DataError("gpu_ids: empty; give at least one CUDA device id")
+    return [f"cuda:{gpu_ids[rank % len(gpu_ids)]}" for rank in range(config.num_processes)]
+
+
+def run_workers(
+    config: EvalConfig, shards: list[list[dict]], done_ids: set[int], run_dir: Path, log: logging.Logger
+) -> dict[int, str]:
+    """One spawned process per shard with work left; returns {rank: why it failed} for failed workers.
+
+    A failed worker does not stop the others: they finish their shards. Ctrl-C stops all of them.
+    """
+    devices = worker_devices(config)
+    context = mp.get_context("spawn")  # CUDA cannot be forked; each worker starts clean
+    workers = {}
+    first_id = min((q["id"] for shard in shards for q in shard if q["id"] not in done_ids), default=None)
+    for rank, shard in enumerate(shards):
+        todo = sum(q["id"] not in done_ids for q in shard)
+        if not todo:
+            continue
+        log.info(f"worker {rank}: {todo} questions on {devices[rank]}")
+        shard_done = {q["id"] for q in shard} & done_ids
+        process = context.Process(
+            target=evaluate_shard,
+            args=(
+                rank,
+                devices[rank],
+                config,
+                shard,
+                shard_done,
+                str(run_dir),
+                any(q["id"] == first_id for q in shard),
+            ),
+            name=f"worker-{rank}",
+        )
+        process.start()
+        workers[rank] = process
+    try:
+        for process in workers.values():
+            process.join()
+    except KeyboardInterrupt:
+        log.error("interrupted: stopping the workers")
+        for process in workers.values():
+            process.terminate()
+            process.join()
+        return {rank: "interrupted" for rank in workers}
+    return {rank: exit_reason(p.exitcode) for rank, p in workers.items() if p.exitcode != 0}
+
+
+def exit_reason(exitcode: int) -> str:
+    if exitcode < 0:
+        return f"killed by signal {signal.Signals(-exitcode).name}"
+    return f"exited with status {exitcode}"
+
+
+def torchrun_ranks() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when launched by torchrun or accelerate, else None."""
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    if not all(name in os.environ for name in names):
+        return None
+    return tuple(int(os.environ[name]) for name in names)
+
+
+def main_torchrun(config: EvalConfig, given: set[str]) -> int:
+    """One rank of a torchrun job: rank 0 prepares the run directory, every rank answers its shard
+    in-process on the GPU of its LOCAL_RANK, and rank 0 merges and scores once every rank has finished.
+
+    All ranks must see the run directory (a shared filesystem)."""
+    import torch.distributed as dist
+
+    rank, world_size, local_rank = torchrun_ranks()
+    mp.current_process().name = f"rank-{rank}"  # how log lines name their process
+    timeout = timedelta(minutes=config.dist_timeout_minutes)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
+    gloo = dist.new_group(backend="gloo", timeout=timeout)  # monitored_barrier names missing ranks; gloo only
+    try:
+        decided = [0, None, None]  # exit status, config, run dir: rank 0 decides, the others follow
+        if rank == 0:
+            try:
+                config, questions, selection = prepare(config, given)
+                decided = [0, config, str(open_run_dir(config))]
+            except DataError as error:
+                print(f"error: {error}", file=sys.stderr)
+                decided = [2, None, None]
+        dist.broadcast_object_list(decided, src=0)
+        status, config, run_dir = decided
+        if status:
+            return status
+        run_dir = Path(run_dir)
+        if rank != 0:
+            questions, selection = select_questions(config)
+        log = start_log(config, run_dir, questions, selection, logging.INFO if rank == 0 else logging.WARNING)
+        if rank == 0:
+            done_ids = answered_ids(run_dir, questions, log)  # also cuts torn lines before anyone appends
+            log.info(f"torchrun: {world_size} ranks; if the job stops, relaunch it with --resume {run_dir}")
+        dist.barrier(group=gloo)
+        if rank != 0:
+            done_ids = set(shard_records(run_dir, log)) & {q["id"] for q in questions}
+        shard = shard_by_video(questions, world_size)[rank]
+        first_id = min((q["id"] for q in questions if q["id"] not in done_ids), default=None)
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        if device != "cpu":
+            torch.cuda.set_device(local_rank)
+        started = time.perf_counter()
+        if any(q["id"] not in done_ids for q in shard):
+            compare_first = any(q["id"] == first_id for q in shard)
+            evaluate_questions(rank, device, config, shard, done_ids, run_dir, log, compare_first)
+        failures = {}
+        try:
+            dist.monitored_barrier(group=gloo, timeout=timeout, wait_all_ranks=True)
+        except RuntimeError as error:  # only rank 0 waits for the others here
+            log.error(f"not every rank finished within {config.dist_timeout_minutes} minutes: {error}")
+            failures = {"?": "did not reach the final barrier"}
+        if rank != 0:
+            return 0
+        resume = f"the same torchrun command with --resume {run_dir}"
+        elapsed = time.perf_counter() - started
+        return finish_run(config, run_dir, questions, done_ids, failures, elapsed, log, resume)
+    finally:
+        dist.destroy_process_group()
