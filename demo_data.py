@@ -1,8 +1,8 @@
 """The demo's synthetic VSI-Bench-shaped set: one question of each type per scene, worded as upstream,
 and short mp4 videos of moving boxes, written to test.parquet and {dataset}/{scene_name}.mp4.
 
-Imports nothing of the project. Videos are encoded deterministically (one encoder thread, no timestamps in
-the container), so two builds give the same bytes.
+Imports nothing of the project. Videos are encoded deterministically, so two builds decode to the same
+frames.
 """
 
 import pathlib
@@ -160,11 +160,14 @@ def render_frames(width, height, n_frames, rng):
 
 
 def write_video(path, frames, fps):
-    """Encode RGB frames as H.264 yuv420p mp4 (MPEG-4 part 2 where this PyAV has no libx264)."""
+    """Encode RGB frames as H.264 yuv420p mp4 (MPEG-4 part 2 where this PyAV has no libx264).
+
+    Deterministic: with its default lookahead (and more than one thread) this x264 gives different bytes and
+    different decoded pixels on each encode of the same frames, so the lookahead is off and one thread runs."""
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     height, width = frames.shape[1:3]
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
+        stream = container.add_stream(codec, rate=fps, options={"threads": "1", "x264-params": "rc-lookahead=0"})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
