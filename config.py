@@ -1,5 +1,6 @@
 """The run's settings: the fields a user edits, the command line, their checks, resume's saved config, and
-the questions they select. Imports util, cogmap, prompts, download, qwen_vl_utils (and demo_assets for --demo).
+the questions they select. Imports util, cogmap, prompts, download, qwen_vl_utils, tracking (and demo_assets
+for --demo).
 """
 
 import json
@@ -14,6 +15,7 @@ from cogmap import load_offloaded_maps, offloaded_map
 from download import HOW_TO_GET_DATA, HUB_DATASET, ensure_vsibench
 from prompts import load_prompt_template
 from qwen_vl_utils import QWEN_VL_MODEL_TYPES
+from tracking import require_wandb
 from util import DataError, debug_subset, load_questions, select_question_types, select_subset
 
 
@@ -62,10 +64,11 @@ class EvalConfig:
     dataset: str | None = None  # a Hub dataset id (nyu-visionx/VSI-Bench): fetch it into data_dir and run on it
     dataset_revision: str | None = None  # the Hub revision to fetch (default main); config.json records the commit
     data_dir: str | None = None  # where fetched data is unzipped (default $HF_HOME/vsibench)
+    wandb_project: str | None = None  # log config, per-task scores and results to this W&B project (pip install wandb)
 
 
 # What --resume may change: where and how wide the work runs, never what is computed.
-RESUME_OVERRIDABLE = {"gpu_ids", "num_processes", "dist_timeout_minutes"}
+RESUME_OVERRIDABLE = {"gpu_ids", "num_processes", "dist_timeout_minutes", "wandb_project"}
 
 # What --demo sets, unless the same flag is given on the command line.
 DEMO_SETTINGS = {"num_processes": 1, "batch_size": 4, "max_new_tokens": 16, "output_dir_base": "demo_runs"}
@@ -110,6 +113,8 @@ def check_config(config: EvalConfig) -> None:
     for name in ("num_frames", "batch_size", "max_new_tokens", "debug_size", "cogmap_max_new_tokens"):
         if getattr(config, name) < 1:
             raise DataError(f"{name}: must be at least 1, got {getattr(config, name)}")
+    if config.wandb_project:
+        require_wandb()
     if not os.path.isdir(config.video_dir):
         raise DataError(f"video_dir: {config.video_dir}: no such directory; {HOW_TO_GET_DATA}")
     check_model(config.model_name)
