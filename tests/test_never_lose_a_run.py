@@ -323,6 +323,19 @@ def test_write_errors_name_the_path_and_the_cause(mount, tmp_path, caplog, fault
     shard.close()
 
 
+def test_resume_from_a_shard_cut_mid_batch_and_mid_video(demo_run, small_reference, tmp_path):
+    # The small run's only shard: video 41069025's questions 0, 1, 2, 6, 8, 9, 10 in batches of two
+    # ([0, 1], [2, 6], [8, 9], [10]), then the other videos'. Keep 0, 1, 2: half of the second batch.
+    finished = demo_run("qwen2_5_vl", *SMALL)
+    run_dir = tmp_path / "run"
+    (run_dir / "shards").mkdir(parents=True)
+    shutil.copy(finished / "config.json", run_dir / "config.json")
+    lines = (finished / "shards" / "shard_0.jsonl").read_text().splitlines(keepends=True)
+    assert [json.loads(line)["id"] for line in lines[:4]] == [0, 1, 2, 6]
+    (run_dir / "shards" / "shard_0.jsonl").write_text("".join(lines[:3]))
+    assert_resumes_to(run_dir, small_reference)
+
+
 def test_resume_accepts_the_saved_values_and_names_real_changes(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
