@@ -205,8 +205,9 @@ def test_left_padding_and_different_vision_counts_per_row():
     assert theirs[:, 1, -1].tolist() == [4 + 2] * 3  # after the video: start + max(1, 2) instead of 9
 
 
-def test_compare_positions_on_the_notes_example():
-    # NOTES: a Qwen2.5-VL video of 16 temporal grids at 1 s; 16 x 16 merged tokens per grid.
+def test_compare_positions_on_a_long_video():
+    # A Qwen2.5-VL video of 16 temporal grids at 1 s, 16 x 16 merged tokens per grid: transformers 5.24 puts
+    # the first text token after it at start + 16, the published rule at start + 31.
     inputs = prompt("TTTT " + "V" * 16 * 16 * 16 + " TTT")
     inputs |= {"video_grid_thw": torch.tensor([[16, 32, 32]]), "second_per_grid_ts": torch.tensor([1.0])}
     model = tiny_model("qwen2_5_vl", tokens_per_second=2)
@@ -343,7 +344,7 @@ def test_left_padded_batch_decodes_each_row_after_its_maximum(checkpoints):
 
 
 def test_cached_video_prefix_continues_at_the_published_positions(checkpoints):
-    # NOTES' prefix reuse: prefill through the video once, then generate from that cache with the full prompt
+    # Prefix reuse: prefill through the video once, then generate from that cache with the full prompt
     # and rope_deltas recomputed from it. The uncached tokens then sit at index + rope_deltas, which
     # under the published rule is where the plain path puts them (under 5.24's rule it is not).
     path = checkpoints["qwen2_5_vl"]

@@ -20,7 +20,16 @@ def test_ten_thresholds_from_the_float_quotient():
 
 @pytest.mark.parametrize(
     "text, token",
-    [("A. Back", "A"), ("A.", "A"), (" A", ""), ("3 meters", "3"), ("B\n", "B"), ("Answer: A", "Answer:")],
+    [
+        ("A. Back", "A"),
+        ("A.", "A"),
+        (" A", ""),
+        ("3 meters", "3"),
+        ("B\n", "B"),
+        ("Answer: A", "Answer:"),
+        ("MAX.", "MAX"),  # only dots are cut off the end
+        ("3..", "3"),
+    ],
 )
 def test_first_token(text, token):
     assert first_token(text) == token
@@ -36,6 +45,9 @@ def test_first_token(text, token):
         (0.0, 3.0, 0.0),
         (10.0, 3.0, 0.0),
         (2.85, 3.0, 1.0),  # 5 % off passes 0.95 as well
+        (1.12, 1.0, 0.8),  # 12 % off: 0.50 .. 0.85
+        (0.0, 0.0, 1.0),  # a ground truth of 0: only an exact 0 is right (the official code divides by zero)
+        (0.5, 0.0, 0.0),
     ],
 )
 def test_mean_relative_accuracy(pred, gt, expected):
@@ -165,3 +177,18 @@ def test_a_hand_scored_results_file_through_the_command_line(tmp_path):
     assert list(result["tasks"]) == list(HAND_TASKS)  # the published column order
     assert result["overall"] == pytest.approx(390 / 8)  # the mean of the eight task scores
     assert (result["n"], result["failed"], result["parser"]) == (18, 1, "official")
+
+
+def test_unscorable_input():
+    assert score_answer("3", "n/a", "object_counting") == 0.0  # a ground truth that is not a number: 0
+    with pytest.raises(ValueError, match="unknown question_type 'object_colour'"):
+        score_answer("A", "A", "object_colour")
+
+
+def test_no_records_score_zero_and_generic_types_are_tasks_after_the_published_ones():
+    assert aggregate([]) == {"overall": 0.0, "tasks": {}, "n": 0, "failed": 0, "parser": "official"}
+    records = [rec("numerical", "2", "2"), rec("object_counting", "4", "3"), rec("multiple choice", "B", "A")]
+    result = aggregate(records)
+    assert result["tasks"] == pytest.approx({"object_counting": 40.0, "multiple choice": 0.0, "numerical": 100.0})
+    assert list(result["tasks"]) == ["object_counting", "multiple choice", "numerical"]
+    assert result["overall"] == pytest.approx(140 / 3)
