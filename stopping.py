@@ -19,6 +19,7 @@ WRITE_FAILED = 74  # a worker's exit status when it could not write to the run d
 PR_SET_PDEATHSIG = 1  # linux/prctl.h: the signal this process gets when its parent dies
 PARENT_CHECK_SECONDS = 1.0
 PAUSE_DIR = "EVAL_QWEN_PAUSE_DIR"  # tests only: see pause_after_first_flush
+PAUSE_LIMIT_SECONDS = 600
 
 _parent_pid: int | None = None  # the parent this process must not outlive (set by stop_with_parent)
 _paused = False
@@ -92,8 +93,9 @@ def parent_gone(wait_seconds: float = 0.0) -> bool:
 
 def pause_after_first_flush(rank: int) -> None:
     """Tests only, when the environment variable EVAL_QWEN_PAUSE_DIR names a folder: after a worker's first
-    flushed batch, write {folder}/flushed_{rank} (holding the worker's pid) and wait until {folder}/go exists,
-    so that the test, not a race, decides what happens next (kill the worker, fill the disk, ...)."""
+    flushed batch, write {folder}/flushed_{rank} (holding the worker's pid) and wait until {folder}/go exists
+    (at most PAUSE_LIMIT_SECONDS), so that the test, not a race, decides what happens next (kill the worker,
+    fill the disk, ...)."""
     global _paused
     folder = os.environ.get(PAUSE_DIR)
     if not folder or _paused:
@@ -102,5 +104,6 @@ def pause_after_first_flush(rank: int) -> None:
     marker = Path(folder, f"flushed_{rank}")
     marker.with_suffix(".tmp").write_text(str(os.getpid()))
     marker.with_suffix(".tmp").rename(marker)  # the test never reads a half-written pid
-    while not Path(folder, "go").exists():
+    deadline = time.monotonic() + PAUSE_LIMIT_SECONDS  # a test that died never leaves a worker waiting forever
+    while not Path(folder, "go").exists() and time.monotonic() < deadline:
         time.sleep(0.02)
