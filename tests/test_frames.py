@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from qwen_vl_utils import VideoError, fit_resolution, load_video, sample_frame_indices
+from qwen_vl_utils import VideoError, VideoFrames, fit_resolution, load_video, sample_frame_indices
 
 
 def test_uniform_over_whole_video_first_and_last_included():
@@ -91,3 +91,17 @@ def test_decodes_a_real_mp4_into_resized_frames_with_their_times(demo_dirs):
     assert video.timestamps == [round(i / 10.0, 3) for i in video.frame_indices]
     assert video.metadata()["frames_indices"] == video.frame_indices
     assert video.frames[0].std() > 0 and not np.array_equal(video.frames[0], video.frames[-1])
+
+
+@pytest.mark.parametrize(
+    "indices, avg_fps, seconds",
+    [
+        ([10, 20, 40], 10.0, 1.5),  # (40 - 10) / 2 gaps / 10 fps
+        ([0, 30], 10.0, 3.0),
+        ([5], 4.0, 0.25),  # one frame: one source frame's duration
+    ],
+)
+def test_frame_spacing(indices, avg_fps, seconds):
+    frames = np.zeros((len(indices), 28, 28, 3), dtype=np.uint8)
+    video = VideoFrames(frames, indices, [i / avg_fps for i in indices], 10.0, avg_fps, 100)
+    assert video.frame_spacing() == pytest.approx(seconds)

@@ -10,7 +10,13 @@ import torch
 import transformers
 
 import tiny_models
-from qwen_vl_utils import compare_positions, mrope_position_ids, use_published_positions
+from qwen_vl_utils import (
+    compare_positions,
+    describe_token,
+    format_position,
+    mrope_position_ids,
+    use_published_positions,
+)
 
 TINY_TEXT = {
     "vocab_size": 32,
@@ -215,6 +221,53 @@ def test_compare_positions_on_a_long_video():
         "transformers' M-RoPE positions differ from the published rule from token 4100 of 4103 "
         "(the first text token after a video): transformers 20, published 35; 3 tokens differ."
     )
+
+
+def test_compare_positions_names_the_row_in_a_batch():
+    # The long video of the test above in row 1; row 0 is text only, left-padded to the same length.
+    inputs = prompt("P" * 4100 + " TTT", "TTTT " + "V" * 16 * 16 * 16 + " TTT")
+    inputs |= {"video_grid_thw": torch.tensor([[16, 32, 32]]), "second_per_grid_ts": torch.tensor([1.0])}
+    assert compare_positions(tiny_model("qwen2_5_vl", tokens_per_second=2), inputs) == (
+        "transformers' M-RoPE positions differ from the published rule from token 4100 of 4103 in row 1 "
+        "(the first text token after a video): transformers 20, published 35; 3 tokens differ."
+    )
+
+
+def test_compare_positions_counts_only_unpadded_tokens():
+    # Row 0 is left-padded by two; both rules skip padding, so they agree on the 11 + 13 real tokens.
+    model = tiny_model("qwen2_vl")
+    grids = {"image_grid_thw": torch.tensor([[1, 4, 6], [1, 4, 6]])}
+    inputs = prompt("PP TTT IIIIII TT", "TTTTT IIIIII TT") | grids
+    assert compare_positions(model, inputs) == (
+        "transformers' M-RoPE positions agree with the published rule on all 24 tokens."
+    )
+    # a processor output without an attention mask: every token counts
+    unmasked = {key: value for key, value in prompt("TTT IIIIII TT").items() if key != "attention_mask"}
+    assert compare_positions(model, unmasked | {"image_grid_thw": torch.tensor([[1, 4, 6]])}) == (
+        "transformers' M-RoPE positions agree with the published rule on all 11 tokens."
+    )
+
+
+@pytest.mark.parametrize(
+    "kinds, index, expected",
+    [
+        ("TVT", 2, "the first text token after a video"),
+        ("IVT", 2, "the first text token after a video"),
+        ("VT", 1, "the first text token after a video"),
+        ("ITT", 1, "the first text token after an image"),
+        ("TT", 1, "a text token"),
+        ("TV", 0, "a text token"),
+        ("VV", 1, "a video token"),
+        ("TI", 1, "an image token"),
+    ],
+)
+def test_describe_token(kinds, index, expected):
+    assert describe_token([TOKEN_TYPES[kind] for kind in kinds], index) == expected
+
+
+def test_format_position():
+    assert format_position(torch.tensor([7, 7, 7])) == "7"  # a text token: one number
+    assert format_position(torch.tensor([1, 2, 3])) == "(t, h, w) = (1, 2, 3)"
 
 
 def test_compare_positions_agreeing():
