@@ -125,6 +125,12 @@ def test_shared_prefix_text_ends_after_the_video_block():
     # a per-question text before the video: the video is not shared, so there is no video prefix
     assert shared_prefix_text([f"<|im_start|>user\nMap {i}\n{video}Q" for i in (1, 2)]) is None
     assert shared_prefix_text(["no video here", "no video there"]) is None
+    # two videos in the shared start: the prefix holds both
+    two = f"<|im_start|>user\n{video}and{video}"
+    assert shared_prefix_text([f"{two}Question:\nHow many {x}?" for x in ("chairs", "cups")]) == two
+    # an image block but no video in the shared start, or a video block the texts leave before its end
+    image = "<|vision_start|><|image_pad|><|vision_end|>"
+    assert shared_prefix_text([f"{image}<|vision_start|><|video_pad|>{x}<|vision_end|>" for x in "ab"]) is None
 
 
 def test_shared_prefix_prefills_far_fewer_tokens(demo_dirs):
