@@ -84,8 +84,22 @@ def load_offloaded_maps(path: str, id_key: str, cog_key: str) -> dict[str, str]:
         cogmap = row[cog_key]
         if cogmap is None or (isinstance(cogmap, float) and math.isnan(cogmap)):
             continue
+        if not isinstance(cogmap, str) and not is_json_value(cogmap):
+            raise DataError(
+                f"{path}: row {number}: column '{cog_key}': a {type(cogmap).__name__} value (a nested parquet "
+                "list or struct?); store each map as JSON text"
+            )
         maps[key_text(row[id_key])] = cogmap if isinstance(cogmap, str) else json.dumps(cogmap)
     return maps
+
+
+def is_json_value(value) -> bool:
+    """Is `value` made only of what JSON holds (as json and jsonl files give it), so that json.dumps keeps it?"""
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and is_json_value(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(is_json_value(item) for item in value)
+    return value is None or isinstance(value, str | int | float)
 
 
 def offloaded_map(maps: dict[str, str], question: dict) -> str | None:

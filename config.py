@@ -4,7 +4,10 @@ for --demo).
 """
 
 import json
+import math
 import os
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
@@ -110,7 +113,11 @@ def check_config(config: EvalConfig) -> None:
         raise DataError(f"target_resolution: expected two positive sizes (H W), got {config.target_resolution}")
     if config.position_fps != "sampled" and not is_positive_number(config.position_fps):
         raise DataError(f"position_fps: expected a positive number or 'sampled', got {config.position_fps!r}")
-    for name in ("num_frames", "batch_size", "max_new_tokens", "debug_size", "cogmap_max_new_tokens"):
+    if not (math.isfinite(config.fps) and config.fps >= 0):
+        raise DataError(f"fps: expected a number >= 0 (0: no cap), got {config.fps}")
+    if not (math.isfinite(config.dist_timeout_minutes) and config.dist_timeout_minutes > 0):
+        raise DataError(f"dist_timeout_minutes: expected a positive number, got {config.dist_timeout_minutes}")
+    for name in ("num_frames", "batch_size", "max_new_tokens", "debug_size", "cogmap_max_new_tokens", "num_processes"):
         if getattr(config, name) < 1:
             raise DataError(f"{name}: must be at least 1, got {getattr(config, name)}")
     if config.wandb_project:
@@ -121,8 +128,9 @@ def check_config(config: EvalConfig) -> None:
 
 
 def is_positive_number(text: str) -> bool:
+    """A finite number > 0 written as text ("inf" and "nan" are not)."""
     try:
-        return float(text) > 0
+        return math.isfinite(float(text)) and float(text) > 0
     except ValueError:
         return False
 
@@ -146,22 +154,64 @@ def check_model(model_name: str) -> None:
 
 
 def resume_config(run_dir: Path, given: set[str], overrides: EvalConfig) -> EvalConfig:
-    """The config saved in a run directory; only settings that cannot change results may be overridden."""
-    config_file = run_dir / "config.json"
-    if not config_file.is_file():
-        raise DataError(f"resume: {config_file}: not found; is {run_dir} a run directory?")
-    saved = json.loads(config_file.read_text())
-    unknown = set(saved) - {f.name for f in fields(EvalConfig)}
-    if unknown:
-        raise DataError(f"resume: {config_file}: unknown field(s) {', '.join(sorted(unknown))}")
-    changed = given - RESUME_OVERRIDABLE - {"resume"}
+    """The config saved in a run directory. Settings given on the command line must equal the saved ones (a
+    requeued job relaunches the same command with --resume added), except those that cannot change results."""
+    config = saved_config(run_dir)
+    changed = [
+        f"{name}: {getattr(config, name)!r} in the saved config, {getattr(overrides, name)!r} given"
+        for name in sorted(given - RESUME_OVERRIDABLE - {"resume"})
+        if getattr(overrides, name) != getattr(config, name)
+    ]
     if changed:
-        raise DataError(f"resume: {', '.join(sorted(changed))} cannot change when resuming {run_dir}")
-    config = EvalConfig(**saved)
+        raise DataError(f"resume: {run_dir}: what is computed cannot change when resuming: {'; '.join(changed)}")
     for name in given & RESUME_OVERRIDABLE:
         setattr(config, name, getattr(overrides, name))
     config.resume = str(run_dir)
     return config
+
+
+def saved_config(run_dir: Path) -> EvalConfig:
+    """The EvalConfig in {run_dir}/config.json; DataError when the file is missing, not a JSON object, or has
+    unknown fields or values of the wrong type."""
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise DataError(f"resume: {config_file}: not found; is {run_dir} a run directory?")
+    try:
+        saved = json.loads(config_file.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"resume: {config_file}: not valid JSON ({error})") from None
+    except OSError as error:
+        raise DataError(f"resume: {config_file}: cannot read it ({error.strerror})") from None
+    if not isinstance(saved, dict):
+        raise DataError(f"resume: {config_file}: expected a JSON object of settings, got {type(saved).__name__}")
+    annotations = typing.get_type_hints(EvalConfig)
+    unknown = set(saved) - set(annotations)
+    if unknown:
+        raise DataError(f"resume: {config_file}: unknown field(s) {', '.join(sorted(unknown))}")
+    for name, value in saved.items():
+        if not has_type(value, annotations[name]):
+            raise DataError(f"resume: {config_file}: field {name}: {value!r} is not of type {annotations[name]}")
+    return EvalConfig(**saved)
+
+
+def has_type(value, annotation) -> bool:
+    """Does a JSON value fit a field's annotation (str, int, float, bool, list[...], Literal[...], X | None)?"""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(has_type(value, arg) for arg in args)
+    if origin is list:
+        return isinstance(value, list) and all(has_type(item, args[0]) for item in value)
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True  # an annotation this check does not know: accepted as saved
 
 
 def select_questions(config: EvalConfig) -> tuple[list[dict], str]:

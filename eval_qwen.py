@@ -16,6 +16,8 @@ import time
 from config import EvalConfig, parse_config, prepare
 from launch import main_torchrun, run_workers, torchrun_ranks
 from run_directory import answered_ids, finish_run, open_run_dir, start_log
+from run_files import WriteError
+from stopping import Interrupted, stop_signals_interrupt
 from util import DataError, shard_by_video
 
 
@@ -25,20 +27,28 @@ def main(defaults: EvalConfig, argv: list[str] | None = None) -> int:
         return main_torchrun(config, given)
     try:
         config, questions, selection = prepare(config, given)
-        run_dir = open_run_dir(config)
+        run_dir, lock = open_run_dir(config)  # this process owns the run directory until it returns
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    log = start_log(config, run_dir, questions, selection)
-    try:
-        done_ids = answered_ids(run_dir, questions, log)
-    except DataError as error:
-        log.error(str(error))
-        return 2
-    started = time.perf_counter()
-    failures = run_workers(config, shard_by_video(questions, config.num_processes), done_ids, run_dir, log)
     resume = f"python eval_qwen.py --resume {run_dir}"
-    return finish_run(config, run_dir, questions, done_ids, failures, time.perf_counter() - started, log, resume)
+    with lock, stop_signals_interrupt():  # a stop signal before or after the workers' run stops it the same way
+        log = start_log(config, run_dir, questions, selection)
+        try:
+            done_ids = answered_ids(run_dir, questions, log)
+            started = time.perf_counter()
+            failures = run_workers(config, shard_by_video(questions, config.num_processes), done_ids, run_dir, log)
+            elapsed = time.perf_counter() - started
+            return finish_run(config, run_dir, questions, done_ids, failures, elapsed, log, resume)
+        except DataError as error:
+            log.error(str(error))
+            return 2
+        except WriteError as error:
+            log.error(f"{error}; once it can be written, resume with:\n  {resume}")
+            return 1
+        except Interrupted as stop:
+            log.error(f"interrupted by {stop.signal_name}; finished batches are kept. Resume with:\n  {resume}")
+            return stop.status
 
 
 if __name__ == "__main__":

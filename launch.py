@@ -1,5 +1,6 @@
 """Starting the work: one spawned worker process per shard, each on its own GPU (or the CPU), or, under
-torchrun / accelerate launch, this process as one rank. Imports worker, run_directory, config.
+torchrun / accelerate launch, this process as one rank. Imports worker, run_directory, config, run_files,
+stopping.
 """
 
 import logging
@@ -15,6 +16,8 @@ import torch
 
 from config import EvalConfig, prepare, select_questions
 from run_directory import answered_ids, finish_run, open_run_dir, shard_records, start_log
+from run_files import WriteError
+from stopping import WRITE_FAILED, Interrupted, stop_signals_interrupt, stop_with_parent
 from util import DataError, shard_by_video
 from worker import evaluate_questions, evaluate_shard
 
@@ -32,50 +35,62 @@ def worker_devices(config: EvalConfig) -> list[str]:
 def run_workers(
     config: EvalConfig, shards: list[list[dict]], done_ids: set[int], run_dir: Path, log: logging.Logger
 ) -> dict[int, str]:
-    """One spawned process per shard with work left; returns {rank: why it failed} for failed workers.
+    """One spawned process per shard with work left; returns {rank: why it stopped} for the workers that did
+    not finish.
 
-    A failed worker does not stop the others: they finish their shards. Ctrl-C stops all of them.
+    A failed worker does not stop the others: they finish their shards. SIGINT (Ctrl-C), SIGTERM and SIGHUP
+    stop all of them, their finished batches kept. Each worker stops by itself when this process dies.
     """
     devices = worker_devices(config)
     context = mp.get_context("spawn")  # CUDA cannot be forked; each worker starts clean
     workers = {}
     first_id = min((q["id"] for shard in shards for q in shard if q["id"] not in done_ids), default=None)
-    for rank, shard in enumerate(shards):
-        todo = sum(q["id"] not in done_ids for q in shard)
-        if not todo:
-            continue
-        log.info(f"worker {rank}: {todo} questions on {devices[rank]}")
-        shard_done = {q["id"] for q in shard} & done_ids
-        process = context.Process(
-            target=evaluate_shard,
-            args=(
-                rank,
-                devices[rank],
-                config,
-                shard,
-                shard_done,
-                str(run_dir),
-                any(q["id"] == first_id for q in shard),
-            ),
-            name=f"worker-{rank}",
-        )
-        process.start()
-        workers[rank] = process
-    try:
-        for process in workers.values():
-            process.join()
-    except KeyboardInterrupt:
-        log.error("interrupted: stopping the workers")
-        for process in workers.values():
-            process.terminate()
-            process.join()
-        return {rank: "interrupted" for rank in workers}
+    with stop_signals_interrupt():
+        try:
+            for rank, shard in enumerate(shards):
+                todo = sum(q["id"] not in done_ids for q in shard)
+                if not todo:
+                    continue
+                log.info(f"worker {rank}: {todo} questions on {devices[rank]}")
+                shard_done = {q["id"] for q in shard} & done_ids
+                compare_first = any(q["id"] == first_id for q in shard)
+                process = context.Process(
+                    target=evaluate_shard,
+                    args=(rank, devices[rank], config, shard, shard_done, str(run_dir), compare_first, os.getpid()),
+                    name=f"worker-{rank}",
+                )
+                process.start()
+                workers[rank] = process
+            for process in workers.values():
+                process.join()
+        except Interrupted as stop:
+            log.error(f"interrupted by {stop.signal_name}: stopping the workers; finished batches are kept")
+            stop_workers(list(workers.values()))
+            return {rank: f"interrupted by {stop.signal_name}" for rank in workers}
     return {rank: exit_reason(p.exitcode) for rank, p in workers.items() if p.exitcode != 0}
+
+
+def stop_workers(processes: list, grace_seconds: float = 30.0) -> None:
+    """SIGTERM every worker (each stops between two steps, its finished batches on disk), then SIGKILL the
+    ones still running after `grace_seconds`."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + grace_seconds
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def exit_reason(exitcode: int) -> str:
     if exitcode < 0:
         return f"killed by signal {signal.Signals(-exitcode).name}"
+    if exitcode == WRITE_FAILED:
+        return "stopped: a write to the run directory failed (its message is above)"
+    if exitcode - 128 in signal.valid_signals():
+        return f"stopped by {signal.Signals(exitcode - 128).name}"
     return f"exited with status {exitcode}"
 
 
@@ -88,59 +103,83 @@ def torchrun_ranks() -> tuple[int, int, int] | None:
 
 
 def main_torchrun(config: EvalConfig, given: set[str]) -> int:
-    """One rank of a torchrun job: rank 0 prepares the run directory, every rank answers its shard
+    """One rank of a torchrun job: rank 0 prepares and locks the run directory, every rank answers its shard
     in-process on the GPU of its LOCAL_RANK, and rank 0 merges and scores once every rank has finished.
 
-    All ranks must see the run directory (a shared filesystem)."""
+    All ranks must see the run directory (a shared filesystem). A rank stops, its finished batches kept, on
+    SIGINT, SIGTERM or SIGHUP (torchrun passes them on) and when its launcher dies."""
     import torch.distributed as dist
 
     rank, world_size, local_rank = torchrun_ranks()
+    stop_with_parent(os.getppid())  # the launcher: no rank outlives it, however it dies
     mp.current_process().name = f"rank-{rank}"  # how log lines name their process
     timeout = timedelta(minutes=config.dist_timeout_minutes)
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
     gloo = dist.new_group(backend="gloo", timeout=timeout)  # monitored_barrier names missing ranks; gloo only
+    held = {}  # rank 0's lock on the run directory, and the run directory once known
     try:
-        decided = [0, None, None]  # exit status, config, run dir: rank 0 decides, the others follow
-        if rank == 0:
-            try:
-                config, questions, selection = prepare(config, given)
-                decided = [0, config, str(open_run_dir(config))]
-            except DataError as error:
-                print(f"error: {error}", file=sys.stderr)
-                decided = [2, None, None]
-        dist.broadcast_object_list(decided, src=0)
-        status, config, run_dir = decided
-        if status:
-            return status
-        run_dir = Path(run_dir)
-        if rank != 0:
-            questions, selection = select_questions(config)
-        log = start_log(config, run_dir, questions, selection, logging.INFO if rank == 0 else logging.WARNING)
-        if rank == 0:
+        with stop_signals_interrupt():
+            return torchrun_rank(config, given, dist, gloo, timeout, held)
+    except Interrupted as stop:
+        resume = f"; resume with the same torchrun command and --resume {held['run_dir']}" if "run_dir" in held else ""
+        logging.getLogger("eval_qwen").error(
+            f"rank {rank}: interrupted by {stop.signal_name}; finished batches are kept{resume}"
+        )
+        print(f"rank {rank}: interrupted by {stop.signal_name}{resume}", file=sys.stderr)
+        return stop.status
+    finally:
+        if "lock" in held:
+            held["lock"].release()
+        dist.destroy_process_group()
+
+
+def torchrun_rank(config: EvalConfig, given: set[str], dist, gloo, timeout, held: dict) -> int:
+    """main_torchrun's work, with stop signals raising Interrupted."""
+    rank, world_size, local_rank = torchrun_ranks()
+    decided = [0, None, None]  # exit status, config, run dir: rank 0 decides, the others follow
+    if rank == 0:
+        try:
+            config, questions, selection = prepare(config, given)
+            run_dir, held["lock"] = open_run_dir(config)
+            log = start_log(config, run_dir, questions, selection)
             done_ids = answered_ids(run_dir, questions, log)  # also cuts torn lines before anyone appends
             log.info(f"torchrun: {world_size} ranks; if the job stops, relaunch it with --resume {run_dir}")
-        dist.barrier(group=gloo)
-        if rank != 0:
-            done_ids = set(shard_records(run_dir, log)) & {q["id"] for q in questions}
-        shard = shard_by_video(questions, world_size)[rank]
-        first_id = min((q["id"] for q in questions if q["id"] not in done_ids), default=None)
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-        if device != "cpu":
-            torch.cuda.set_device(local_rank)
-        started = time.perf_counter()
-        if any(q["id"] not in done_ids for q in shard):
-            compare_first = any(q["id"] == first_id for q in shard)
-            evaluate_questions(rank, device, config, shard, done_ids, run_dir, log, compare_first)
-        failures = {}
+            decided = [0, config, str(run_dir)]
+        except (DataError, WriteError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            decided = [2 if isinstance(error, DataError) else 1, None, None]
+    dist.broadcast_object_list(decided, src=0)
+    status, config, run_dir = decided
+    if status:
+        return status
+    run_dir = held["run_dir"] = Path(run_dir)
+    if rank != 0:
+        questions, selection = select_questions(config)
+        log = start_log(config, run_dir, questions, selection, logging.WARNING)
+    dist.barrier(group=gloo)
+    if rank != 0:
+        done_ids = set(shard_records(run_dir, log)) & {q["id"] for q in questions}
+    shard = shard_by_video(questions, world_size)[rank]
+    first_id = min((q["id"] for q in questions if q["id"] not in done_ids), default=None)
+    device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    if device != "cpu":
+        torch.cuda.set_device(local_rank)
+    started = time.perf_counter()
+    if any(q["id"] not in done_ids for q in shard):
+        compare_first = any(q["id"] == first_id for q in shard)
         try:
-            dist.monitored_barrier(group=gloo, timeout=timeout, wait_all_ranks=True)
-        except RuntimeError as error:  # only rank 0 waits for the others here
-            log.error(f"not every rank finished within {config.dist_timeout_minutes} minutes: {error}")
-            failures = {"?": "did not reach the final barrier"}
-        if rank != 0:
-            return 0
-        resume = f"the same torchrun command with --resume {run_dir}"
-        elapsed = time.perf_counter() - started
-        return finish_run(config, run_dir, questions, done_ids, failures, elapsed, log, resume)
-    finally:
-        dist.destroy_process_group()
+            evaluate_questions(rank, device, config, shard, done_ids, run_dir, log, compare_first)
+        except WriteError as error:
+            log.error(f"rank {rank}: {error}; stopping, its finished batches are kept")
+            return WRITE_FAILED
+    failures = {}
+    try:
+        dist.monitored_barrier(group=gloo, timeout=timeout, wait_all_ranks=True)
+    except RuntimeError as error:  # only rank 0 waits for the others here
+        log.error(f"not every rank finished within {config.dist_timeout_minutes} minutes: {error}")
+        failures = {"?": "did not reach the final barrier"}
+    if rank != 0:
+        return 0
+    resume = f"the same torchrun command with --resume {run_dir}"
+    elapsed = time.perf_counter() - started
+    return finish_run(config, run_dir, questions, done_ids, failures, elapsed, log, resume)

@@ -237,12 +237,19 @@ def read_results(path: str) -> list[dict]:
         records = read_jsonl(path)
     except OSError as error:
         raise DataError(f"{path}: {error.strerror}") from None
+    first_record_of = {}  # id -> number of the record that has it
     for number, record in enumerate(records, 1):
         missing = [key for key in REQUIRED_KEYS if not isinstance(record, dict) or key not in record]
         if missing:
             raise DataError(f"{path}: record {number}: missing {', '.join(missing)}")
         if record["question_type"] not in MCA_QUESTION_TYPES + NA_QUESTION_TYPES:
             raise DataError(f"{path}: record {number}: unknown question_type {record['question_type']!r}")
+        if "id" in record:  # a question scored twice would count twice: refused
+            if record["id"] in first_record_of:
+                raise DataError(
+                    f"{path}: record {number}: id {record['id']} already in record {first_record_of[record['id']]}"
+                )
+            first_record_of[record["id"]] = number
     return records
 
 
@@ -383,6 +390,8 @@ def save_plot(path: str, draw: Callable[[str], None]) -> None:
         raise DataError("--plot needs matplotlib: pip install matplotlib") from None
     except OSError as error:
         raise DataError(f"{path}: cannot write the plot ({error.strerror or error})") from None
+    except ValueError as error:  # an extension matplotlib cannot write
+        raise DataError(f"{path}: cannot write the plot ({error})") from None
     print(f"plot: {path}", file=sys.stderr)
 
 

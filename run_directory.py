@@ -1,14 +1,17 @@
 """The run directory: creating it, its log, the shard files workers append to, what a resumed run finds
-there, and the end of a run (merged results, scores, summary, wandb). Imports config, report, tracking, util.
+there, and the end of a run (merged results, scores, summary, wandb). Imports config, report, run_files,
+stopping, tracking, util.
 
 Layout: config.json, shards/shard_{rank}.jsonl and worker_{rank}.json, vsibench_results_{prompt_type}.jsonl,
-vsibench_eval_{prompt_type}.log, summary.json.
+vsibench_eval_{prompt_type}.log, summary.json, and .lock (held by the process that runs in it).
 """
 
+import contextlib
 import json
 import logging
 import os
 import platform
+import sys
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +22,9 @@ import transformers
 import report
 import tracking
 from config import EvalConfig
-from util import DataError, group_by_video, write_jsonl
+from run_files import LOCK_FILE, RunLock, WriteError, atomic_write
+from stopping import interrupted_status
+from util import DataError, group_by_video
 
 VIDEO_FAILED = "video failed"  # the start of a record's error when its video could not be read
 
@@ -35,24 +40,82 @@ def make_run_dir(config: EvalConfig) -> Path:
             return run_dir
         except FileExistsError:
             continue
-    raise RuntimeError(f"cannot create a new run directory under {parent}")
+    raise FileExistsError(f"no free name under {parent} for {stamp}")
 
 
-def open_run_dir(config: EvalConfig) -> Path:
-    """The run directory: the resumed one, `run_dir` when given (never one that holds a run), or a new
-    timestamped one. A new one gets shards/ and config.json."""
+def open_run_dir(config: EvalConfig) -> tuple[Path, RunLock]:
+    """The run directory and its lock, held by this process: the resumed run's, `run_dir` when given (a new
+    or empty directory, never one that holds a run or other files), or a new timestamped one. A new one gets
+    shards/ and config.json; when that fails, nothing is left behind. DataError when the directory cannot be
+    used (in use by another process, not empty, not writable)."""
     if config.resume:
-        return Path(config.resume)
-    if config.run_dir:
-        run_dir = Path(config.run_dir)
-        if (run_dir / "config.json").exists():
-            raise DataError(f"run_dir: {run_dir} already holds a run; continue it with --resume {run_dir}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-    else:
-        run_dir = make_run_dir(config)
-    (run_dir / "shards").mkdir(exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-    return run_dir
+        return Path(config.resume), lock_run_dir(Path(config.resume))
+    made, lock = [], None  # what this call created, removed again when it fails
+    try:
+        if config.run_dir:
+            run_dir = Path(config.run_dir)
+            if not run_dir.exists():
+                run_dir.mkdir(parents=True)
+                made.append(run_dir)
+        else:
+            run_dir = make_run_dir(config)
+            made.append(run_dir)
+        lock = lock_run_dir(run_dir)
+        made.append(lock.path)
+        check_new_run_dir(run_dir)
+        (run_dir / "shards").mkdir()
+        made.append(run_dir / "shards")
+        atomic_write(run_dir / "config.json", json.dumps(asdict(config), indent=2) + "\n")
+        return run_dir, lock
+    except (OSError, WriteError, DataError) as error:
+        for path in reversed(made):
+            with contextlib.suppress(OSError):
+                path.rmdir() if path.is_dir() else path.unlink()
+        if lock:
+            lock.release()
+        if isinstance(error, DataError):
+            raise
+        where = config.run_dir or Path(config.output_dir_base) / os.path.basename(config.model_name.rstrip("/"))
+        cause = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise DataError(f"cannot create the run directory in {where}: {cause}") from None
+
+
+def lock_run_dir(run_dir: Path) -> RunLock:
+    try:
+        return RunLock(run_dir)
+    except OSError as error:
+        raise DataError(f"{run_dir}: cannot take the run directory's lock: {error.strerror or error}") from None
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """A run_dir given for a new run must be empty: a run in it is resumed, and foreign files (shards of
+    another run, without their config.json) must never be adopted."""
+    if (run_dir / "config.json").exists():
+        raise DataError(f"run_dir: {run_dir} already holds a run; continue it with --resume {run_dir}")
+    others = sorted(path.name for path in run_dir.iterdir() if path.name != LOCK_FILE)
+    if others:
+        raise DataError(
+            f"run_dir: {run_dir} is not empty ({', '.join(others[:5])}) and holds no run (no config.json); "
+            "give a new or empty directory"
+        )
+
+
+class RunLogHandler(logging.FileHandler):
+    """The run's log file. When a write to it fails (full disk, removed folder), one line on stderr says so
+    and the log goes on on the console only, instead of a traceback per message."""
+
+    failed = False
+
+    def emit(self, record):
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record):
+        if not self.failed:
+            self.failed = True
+            cause = sys.exc_info()[1]
+            why = getattr(cause, "strerror", None) or cause
+            print(f"warning: cannot write {self.baseFilename}: {why}; logging to the console only", file=sys.stderr)
 
 
 def setup_logging(log_path: Path, console_level: int = logging.INFO) -> logging.Logger:
@@ -61,7 +124,7 @@ def setup_logging(log_path: Path, console_level: int = logging.INFO) -> logging.
     logger.setLevel(logging.INFO)
     logger.handlers.clear()
     formatter = logging.Formatter("%(asctime)s [%(processName)s] %(levelname)s %(message)s")
-    file_handler = logging.FileHandler(log_path, mode="a", encoding="utf-8")
+    file_handler = RunLogHandler(log_path, mode="a", encoding="utf-8", delay=True)
     console = logging.StreamHandler()
     console.setLevel(console_level)
     for handler in (file_handler, console):
@@ -109,14 +172,18 @@ def read_shard(path: Path, log: logging.Logger) -> list[dict]:
     for number, line in enumerate(complete, 1):
         try:
             records.append(json.loads(line))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             if number < len(complete):
-                raise DataError(f"{path}: line {number}: not valid JSON") from None
+                what = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else "not valid JSON"
+                raise DataError(f"{path}: line {number}: {what}") from None
             tail = line + b"\n" + tail  # the last newline-terminated line can be torn too
     if tail:
         log.warning(f"{path}: discarding a torn last line ({len(tail)} bytes) left by an interrupted worker")
-        with open(path, "r+b") as handle:
-            handle.truncate(len(data) - len(tail))
+        try:
+            with open(path, "r+b") as handle:
+                handle.truncate(len(data) - len(tail))
+        except OSError as error:
+            raise WriteError(path, error) from None
     return records
 
 
@@ -124,7 +191,9 @@ def shard_records(run_dir: Path, log: logging.Logger) -> dict[int, dict]:
     """Every finished record of a run, by id."""
     by_id = {}
     for path in sorted((run_dir / "shards").glob("shard_*.jsonl")):
-        for record in read_shard(path, log):
+        for number, record in enumerate(read_shard(path, log), 1):
+            if not isinstance(record, dict) or "id" not in record:
+                raise DataError(f"{path}: line {number}: not a result record (no id)")
             by_id[record["id"]] = record
     return by_id
 
@@ -142,12 +211,26 @@ def is_video_error(error: str | None) -> bool:
 
 
 def finish_run(config, run_dir: Path, questions, done_ids, failures: dict, elapsed: float, log, resume: str) -> int:
-    """Merge the shards into the results file sorted by id, score it, write the summary and the table;
-    the exit status says whether every question has a result."""
+    """Merge the shards into the results file, score it, write the summary and the table. The exit status
+    says whether every question has a result: 0, 128 + signal when a signal stopped the run, else 1 (a failed
+    worker, or a write that failed: the message names the path and the cause, and the resume command follows)."""
+    try:
+        return merge_and_report(config, run_dir, questions, done_ids, failures, elapsed, log, resume)
+    except WriteError as error:
+        for rank, why in sorted(failures.items()):
+            log.error(f"worker {rank} {why}")
+        log.error(
+            f"{error}. Finished answers that were written are kept. Once it can be written, resume with:\n  {resume}"
+        )
+        return interrupted_status(failures.values()) or 1
+
+
+def merge_and_report(config, run_dir: Path, questions, done_ids, failures: dict, elapsed, log, resume: str) -> int:
+    """finish_run's work; results.jsonl and summary.json are written atomically (never a partial file)."""
     results_path = run_dir / f"vsibench_results_{config.prompt_type}.jsonl"
     by_id = shard_records(run_dir, log)
     records = [by_id[q["id"]] for q in questions if q["id"] in by_id]  # questions are sorted by id
-    write_jsonl(str(results_path), records)
+    atomic_write(results_path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
     stats = report.summarize(records)  # aggregate()'s scores, the micro mean, datasets and 95 % intervals
     lenient = report.aggregate(records, parser="lenient")
     workers = [json.loads(p.read_text()) for p in sorted((run_dir / "shards").glob("worker_*.json"))]
@@ -170,7 +253,7 @@ def finish_run(config, run_dir: Path, questions, done_ids, failures: dict, elaps
         "settings": score_settings(config, workers),
         "workers": workers,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     log.info(f"{answered} questions answered in {elapsed:.1f}s ({summary['questions_per_second']} questions/s)")
     stages = ("video_decoding", "vision_encoder", "prefill", "generation")
     stage_seconds = {name: sum(w["seconds"].get(name, 0.0) for w in workers) for name in stages}
@@ -190,7 +273,7 @@ def finish_run(config, run_dir: Path, questions, done_ids, failures: dict, elaps
             f"INCOMPLETE: {summary['missing']} of {len(questions)} questions have no result; the table above "
             f"covers only the answered ones. Finished answers are kept. Resume with:\n  {resume}"
         )
-        return 130 if "interrupted" in failures.values() else 1
+        return interrupted_status(failures.values()) or 1
     return 0
 
 

@@ -10,6 +10,7 @@ import random
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 MCA_QUESTION_TYPES = (
@@ -118,7 +119,8 @@ def sr_row(row: dict, data_file: str, index: int) -> tuple[dict, str]:
     relative = row.get("video_filename") or row.get("path")
     if not relative:
         raise fail("video_filename", "missing (and no 'path')")
-    relative = str(relative).removeprefix("./").lstrip("/")
+    relative = str(relative).removeprefix("./")
+    check_inside_video_dir(relative, "video_filename" if row.get("video_filename") else "path", fail)
     problem_type = row["problem_type"]
     question_type = problem_type[0] if isinstance(problem_type, list) and problem_type else problem_type
     solution = ANSWER_SPAN.search(str(row["solution"]))
@@ -147,6 +149,8 @@ def question_record(row: dict, data_file: str) -> dict:
     def fail(column: str, why: str) -> DataError:
         return DataError(f"{data_file}: row id {row_id}: column '{column}': {why}")
 
+    if isinstance(row_id, float) and not row_id.is_integer():  # int() would silently truncate 12.5 to 12
+        raise fail("id", f"not an integer: {row_id!r}")
     try:
         qid = int(row_id)
     except (TypeError, ValueError):
@@ -157,20 +161,25 @@ def question_record(row: dict, data_file: str) -> dict:
     for column in ("dataset", "scene_name", "question"):
         if not isinstance(row[column], str) or not row[column]:
             raise fail(column, f"expected a non-empty string, got {row[column]!r}")
+    for column in ("dataset", "scene_name"):
+        check_inside_video_dir(row[column], column, fail)
     ground_truth = row["ground_truth"]
     if ground_truth is None or (isinstance(ground_truth, float) and math.isnan(ground_truth)):
         raise fail("ground_truth", "missing")
     ground_truth = str(ground_truth)
     options = row["options"]
     if qtype in MCA_QUESTION_TYPES:
-        if options is None or len(options) == 0:
-            raise fail("options", "multiple-choice question without options")
-        options = [str(o) for o in options]
+        options = option_list(options, fail)
+        letters = option_letters(options)
+        if ground_truth.upper() not in letters:
+            raise fail("ground_truth", f"{ground_truth!r} is not one of the options' letters ({', '.join(letters)})")
     else:
         try:
-            float(ground_truth)
+            number = float(ground_truth)
         except ValueError:
             raise fail("ground_truth", f"numerical ground truth is not a number: {ground_truth!r}") from None
+        if not math.isfinite(number):
+            raise fail("ground_truth", f"numerical ground truth is not a finite number: {ground_truth!r}")
         options = None
     return {
         "id": qid,
@@ -181,6 +190,43 @@ def question_record(row: dict, data_file: str) -> dict:
         "options": options,
         "ground_truth": ground_truth,
     }
+
+
+def check_inside_video_dir(relative: str, column: str, fail) -> None:
+    """A video path taken from the data must stay inside video_dir: no absolute path, no '..'."""
+    if os.path.isabs(relative) or ".." in Path(relative).parts:
+        raise fail(column, f"{relative!r} leads outside video_dir (absolute, or with '..')")
+
+
+OPTION_LETTER = re.compile(r"([A-Z])\.")  # "A. Back" carries the letter A
+
+
+def option_list(options, fail) -> list[str]:
+    """A multiple-choice row's options as a list of strings. Besides a list (or array), one string is read
+    when it holds a JSON list or one option per line; any other string is refused, since reading it as a
+    list would split it into characters."""
+    if isinstance(options, str):
+        text = options.strip()
+        if text.startswith("["):
+            try:
+                options = json.loads(text)
+            except json.JSONDecodeError:
+                raise fail("options", f"a string that starts like a JSON list but is not one: {text!r}") from None
+            if not isinstance(options, list) or not all(isinstance(option, str) for option in options):
+                raise fail("options", f"expected a JSON list of strings, got {text!r}")
+        elif "\n" in text:
+            options = [line.strip() for line in text.splitlines() if line.strip()]
+        else:
+            raise fail("options", f"one string that is neither a JSON list nor one option per line: {text!r}")
+    if not isinstance(options, list | tuple | np.ndarray) or len(options) == 0:
+        raise fail("options", "multiple-choice question without options")
+    return [str(option) for option in options]
+
+
+def option_letters(options: list[str]) -> list[str]:
+    """The letters the options carry ("A. Back" -> A); options written without letters are A, B, C, ... in order."""
+    letters = [match.group(1) if (match := OPTION_LETTER.match(option.strip())) else None for option in options]
+    return letters if all(letters) else [chr(ord("A") + i) for i in range(len(options))]
 
 
 # ---------------------------------------------------------------- subsets
@@ -274,9 +320,14 @@ def extract_answer(prediction: str) -> str:
 
 
 def read_jsonl(path: str) -> list[dict]:
+    """The records of a JSONL file; DataError names the file and the line that is not UTF-8 JSON."""
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(f"{path}: line {line_number}: not UTF-8 text (byte {error.start + 1})") from None
             if not line.strip():
                 continue
             try:
@@ -284,9 +335,3 @@ def read_jsonl(path: str) -> list[dict]:
             except json.JSONDecodeError as error:
                 raise DataError(f"{path}: line {line_number}: not valid JSON ({error.msg})") from None
     return records
-
-
-def write_jsonl(path: str, records: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")

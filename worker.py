@@ -1,12 +1,13 @@
 """One worker's job: answer a shard of questions video by video (decode -> prompts -> answers -> records),
 appending each finished batch to its shard file. Imports generation, qwen_vl_utils, prompts, cogmap,
-report, run_directory, config.
+report, run_directory, run_files, stopping, config.
 """
 
 import json
 import logging
 import os
 import platform
+import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,15 @@ from generation import (
 from prompts import build_prompt, load_prompt_template
 from qwen_vl_utils import VideoError, VideoFrames, compare_positions, load_video
 from run_directory import VIDEO_FAILED, setup_logging
+from run_files import ShardFile, WriteError, atomic_write
+from stopping import (
+    WRITE_FAILED,
+    Interrupted,
+    parent_gone,
+    pause_after_first_flush,
+    stop_signals_interrupt,
+    stop_with_parent,
+)
 from util import extract_answer, group_by_video
 
 
@@ -45,9 +55,13 @@ def evaluate_shard(
     done_ids: set[int],
     run_dir: str,
     compare_first: bool = False,  # log how transformers' positions compare with the published ones
+    parent_pid: int | None = None,  # the launching process: this worker stops when it dies
 ) -> None:
-    """A worker process: pin its device, then answer its shard (evaluate_questions); the parent learns of a
-    failure from the exit status, and the log has the traceback."""
+    """A worker process: pin its device, then answer its shard (evaluate_questions). It stops, its finished
+    batches kept, on SIGINT, SIGTERM or SIGHUP, when its parent dies, or when a write fails; the parent learns
+    why from the exit status (128 + signal, WRITE_FAILED, 1 with the traceback in the log)."""
+    if parent_pid is not None:
+        stop_with_parent(parent_pid)
     if device.startswith("cuda"):
         # Pin this worker to its GPU before CUDA starts, whatever the id; inside, it is cuda:0.
         os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":")[1]
@@ -56,13 +70,20 @@ def evaluate_shard(
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.num_processes))
     run_dir = Path(run_dir)
     log = setup_logging(run_dir / f"vsibench_eval_{config.prompt_type}.log", console_level=logging.WARNING)
-    try:
-        evaluate_questions(rank, device, config, questions, done_ids, run_dir, log, compare_first)
-    except KeyboardInterrupt:
-        sys.exit(130)  # the parent reports the interruption; finished batches are on disk
-    except BaseException:
-        log.exception(f"worker {rank} (pid {os.getpid()}) failed")
-        raise
+    with stop_signals_interrupt():
+        try:
+            evaluate_questions(rank, device, config, questions, done_ids, run_dir, log, compare_first)
+        except Interrupted as stop:
+            gone = stop.signal_name == "SIGTERM" and parent_gone(wait_seconds=0.5)
+            why = f"its parent process {parent_pid} is gone" if gone else f"interrupted by {stop.signal_name}"
+            log.warning(f"worker {rank}: {why}; stopping, its finished batches are kept")
+            sys.exit(stop.status)
+        except WriteError as error:
+            log.error(f"worker {rank}: {error}; stopping, its finished batches are kept")
+            sys.exit(WRITE_FAILED)
+        except BaseException:
+            log.exception(f"worker {rank} (pid {os.getpid()}) failed")
+            raise
 
 
 @dataclass
@@ -98,13 +119,16 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
     factor = processor.video_processor.patch_size * processor.video_processor.merge_size
     video_seconds = 0.0
     with (
-        open(run_dir / "shards" / f"shard_{rank}.jsonl", "a", encoding="utf-8") as shard,
+        ShardFile(run_dir / "shards" / f"shard_{rank}.jsonl") as shard,
         tqdm(total=len(todo), desc=f"worker {rank} ({device})", unit="q", position=rank, dynamic_ncols=True) as bar,
     ):
         for video_path, video, video_error, decode_seconds in decoded_videos(list(groups), config, factor):
             video_seconds += decode_seconds
             for records in answer_video(worker, groups[video_path], video, video_error, done_ids, compare_first):
-                append_records(shard, records)
+                if parent_gone():  # never append for a parent that is gone: a resume may own the run now
+                    raise Interrupted(signal.SIGTERM)
+                shard.append(records)  # one write per batch: a crash loses at most the batch in flight
+                pause_after_first_flush(rank)
                 bar.update(len(records))
             compare_first = compare_first and video is None  # the first video that decodes is compared
 
@@ -113,7 +137,7 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
     report = {"rank": rank, "device": device_name, "questions": len(todo), "videos": len(groups), **info}
     report |= {"seconds": {name: round(value, 3) for name, value in seconds.items()}}
     report["prefill_tokens"] = timer.prefill_tokens
-    (run_dir / "shards" / f"worker_{rank}.json").write_text(json.dumps(report))
+    atomic_write(run_dir / "shards" / f"worker_{rank}.json", json.dumps(report))
     log.info(
         f"worker {rank}: done, {len(todo)} questions in {elapsed:.1f}s ({len(todo) / elapsed:.2f} questions/s); "
         + ", ".join(f"{name} {value:.1f}s" for name, value in seconds.items() if name != "total")
@@ -188,13 +212,6 @@ def answer_batch_or_error(worker: Worker, answer_texts, batch: list[dict], texts
         error = f"generation failed: {type(failure).__name__}: {failure}"
         worker.log.exception(f"worker {worker.rank}: ids {[q['id'] for q in batch]}: {error}")
         return [("", error)] * len(batch)
-
-
-def append_records(shard, records: list[dict]) -> None:
-    """Append one batch's records to the shard file and flush, so a crash loses at most the batch in flight."""
-    for record in records:
-        shard.write(json.dumps(record, ensure_ascii=False) + "\n")
-    shard.flush()
 
 
 def decoded_videos(video_paths: list[str], config: EvalConfig, factor: int):

@@ -1,6 +1,7 @@
 """Shared fixtures: demo assets built once per test session, and a runner for eval_qwen.main."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,12 +12,14 @@ from demo_assets import ensure_demo
 
 @pytest.fixture(scope="session")
 def demo_dirs(tmp_path_factory):
-    """Demo assets (tiny checkpoint + synthetic VSI-Bench set) per model family, built on first use."""
+    """Demo assets (tiny checkpoint + synthetic VSI-Bench set) per model family, built on first use; kept
+    across test sessions under $EVAL_QWEN_TEST_DEMO_DIR when it is set (`make mutation` runs pytest per mutant)."""
     built = {}
+    keep = os.environ.get("EVAL_QWEN_TEST_DEMO_DIR")
 
     def get(family: str) -> Path:
         if family not in built:
-            built[family] = tmp_path_factory.mktemp(f"demo_{family}")
+            built[family] = Path(keep, family) if keep else tmp_path_factory.mktemp(f"demo_{family}")
             ensure_demo(built[family], family=family)
         return built[family]
 

@@ -208,6 +208,23 @@ def test_offloaded_maps_match_ids_and_scene_names_as_text(tmp_path):
         load_offloaded_maps(str(pickled), "id", "cognitive_map")
 
 
+def test_offloaded_maps_match_float_and_string_ids_and_skip_blank_rows(tmp_path):
+    # a blank row makes pandas read the whole id column as floats: 12.0, 13.0, NaN
+    csv = tmp_path / "maps.csv"
+    csv.write_text('id,cognitive_map\n12,"{""chair"": [[1, 1]]}"\n,\n13,"{""bed"": [[2, 2]]}"\n')
+    maps = load_offloaded_maps(str(csv), "id", "cognitive_map")
+    assert maps == {"12": '{"chair": [[1, 1]]}', "13": '{"bed": [[2, 2]]}'}
+    assert offloaded_map(maps, {"id": 12, "scene_name": "s"}) == '{"chair": [[1, 1]]}'
+    assert offloaded_map(maps, {"id": 13, "scene_name": "s"}) == '{"bed": [[2, 2]]}'
+    assert offloaded_map(maps, {"id": 14, "scene_name": "s"}) is None
+    # ids written as text, and as floats in JSON
+    jsonl = tmp_path / "maps.jsonl"
+    rows = [{"qid": "12", "map": "A"}, {"qid": 13.0, "map": "B"}, {"qid": 14.5, "map": "C"}]
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    maps = load_offloaded_maps(str(jsonl), "qid", "map")
+    assert [offloaded_map(maps, {"id": i, "scene_name": "s"}) for i in (12, 13, 14)] == ["A", "B", None]
+
+
 def test_generic_video_r1_types_are_scored_as_tasks_of_their_own():
     from report import aggregate, format_table
 

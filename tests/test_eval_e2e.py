@@ -12,7 +12,6 @@ from conftest import read_results, run_eval
 
 import report
 from config import EvalConfig, parse_config
-from prompts import build_prompt
 from util import debug_subset, load_questions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,6 +19,26 @@ RECORD_KEYS = {
     "id", "dataset", "scene_name", "question_type", "question", "options", "ground_truth", "prompt",
     "prediction", "answer", "score", "frame_indices", "frame_timestamps", "video_duration", "error",
 }  # fmt: skip
+
+
+def default_prompt(question: dict) -> str:
+    """Spatial-R1's default prompt, by its published structure: "Question:\n" + question, for multiple choice
+    "\nOptions:\n" + one option per line, then "\n" + the official post-prompt."""
+    if question["options"] is None:
+        return f"Question:\n{question['question']}\nPlease answer the question using a single word or phrase."
+    options = "\n".join(question["options"])
+    return (
+        f"Question:\n{question['question']}\nOptions:\n{options}\n"
+        "Answer with the option's letter from the given choices directly."
+    )
+
+
+# Two of the demo's prompts, written out by hand.
+HAND_WRITTEN_PROMPTS = {
+    0: "Question:\nHow many toilet(s) are in this room?\nPlease answer the question using a single word or phrase.",
+    6: "Question:\nIf I am standing by the toilet and facing the trash can, is the chair to the left or the right of "
+    "the trash can?\nOptions:\nA. Right\nB. Left\nAnswer with the option's letter from the given choices directly.",
+}
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
@@ -31,10 +50,12 @@ def test_each_family_runs_end_to_end(family, demo_dirs, demo_run):
     for record, question in zip(records, questions, strict=True):
         assert RECORD_KEYS <= set(record)
         assert record["error"] is None
-        assert record["prompt"] == build_prompt(question, "default")
+        assert record["prompt"] == default_prompt(question)
         assert record["prediction"] and 0.0 <= record["score"] <= 1.0 and 0.0 <= record["score_lenient"] <= 1.0
         assert len(record["frame_indices"]) == len(record["frame_timestamps"]) >= 1
         assert record["frame_indices"] == sorted(record["frame_indices"])
+    prompts = {record["id"]: record["prompt"] for record in records}
+    assert {qid: prompts[qid] for qid in HAND_WRITTEN_PROMPTS} == HAND_WRITTEN_PROMPTS
     # fps 1 caps short videos; a video longer than 32 s gets the full 32 frames
     counts = {r["scene_name"]: (len(r["frame_indices"]), r["video_duration"]) for r in records}
     for frames, duration in counts.values():
@@ -45,13 +66,13 @@ def test_each_family_runs_end_to_end(family, demo_dirs, demo_run):
 def test_rescoring_the_results_file_matches_log_and_summary(demo_run, capsys):
     run_dir = demo_run("qwen2_5_vl")
     results = run_dir / "vsibench_results_default.jsonl"
-    report.main([str(results), "--json"])
+    assert report.main([str(results), "--json"]) == 0
     rescored = json.loads(capsys.readouterr().out)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert {k: summary[k] for k in rescored} == rescored
     assert rescored["n"] == 40 and rescored["failed"] == 0 and len(rescored["tasks"]) == 8
     log = (run_dir / "vsibench_eval_default.log").read_text()
-    report.main([str(results)])  # the default report: the table the log shows
+    assert report.main([str(results)]) == 0  # the default report: the table the log shows
     assert capsys.readouterr().out.strip() in log
     assert "Overall (micro)" in log and "95% CI" in log and "overall with the lenient parser" in log
     assert summary["lenient"]["parser"] == "lenient" and summary["ci"]["overall"][0] <= summary["overall"]

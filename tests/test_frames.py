@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from qwen_vl_utils import VideoError, fit_resolution, load_video, sample_frame_indices
+from qwen_vl_utils import VideoError, VideoFrames, fit_resolution, load_video, sample_frame_indices
 
 
 def test_uniform_over_whole_video_first_and_last_included():
@@ -19,6 +19,31 @@ def test_fps_caps_count_at_whole_seconds():
     assert len(sample_frame_indices(209, 10.0, 32, fps=0.5)) == 10
     assert len(sample_frame_indices(1000, 10.0, 32, fps=1.0)) == 32  # long video: num_frames wins
     assert len(sample_frame_indices(5, 10.0, 32, fps=1.0)) == 1  # under a second: at least one
+
+
+# Expected indices written out by hand: floor(i × (total − 1) / (count − 1)) for i = 0 .. count − 1, where count
+# is num_frames capped at int(whole seconds × fps) (Spatial-R1's rule), and whole seconds = int(total / avg_fps).
+@pytest.mark.parametrize(
+    "total, avg_fps, num_frames, fps, expected",
+    [
+        # no cap: 99 / 7 = 14.14 apart; truncated, not rounded (56.57 -> 56, 70.71 -> 70, 84.86 -> 84)
+        (100, 10.0, 8, 0, [0, 14, 28, 42, 56, 70, 84, 99]),
+        # 20.9 s at fps 1: capped at 20 frames, 208 / 19 = 10.95 apart
+        (209, 10.0, 32, 1.0, [0, 10, 21, 32, 43, 54, 65, 76, 87, 98, 109, 120, 131, 142, 153, 164, 175, 186, 197, 208]),
+        # the same video at fps 0.5: int(20 × 0.5) = 10 frames, 208 / 9 = 23.11 apart
+        (209, 10.0, 32, 0.5, [0, 23, 46, 69, 92, 115, 138, 161, 184, 208]),
+        # 95 frames at 29.97 fps = 3.17 s: 3 whole seconds, 3 frames
+        (95, 29.97, 32, 1.0, [0, 47, 94]),
+        # 7 whole seconds × fps 0.3 = 2.1: 2 frames, the first and the last
+        (75, 10.0, 32, 0.3, [0, 74]),
+        # a long video: num_frames wins over the cap (100 s × 1 fps); 999 / 4 = 249.75 apart
+        (1000, 10.0, 5, 1.0, [0, 249, 499, 749, 999]),
+        # under a second: the cap would be 0, one frame is kept
+        (5, 10.0, 32, 1.0, [0]),
+    ],
+)
+def test_frame_indices_computed_by_hand(total, avg_fps, num_frames, fps, expected):
+    assert sample_frame_indices(total, avg_fps, num_frames, fps) == expected
 
 
 def test_never_more_frames_than_the_video_has():
@@ -60,7 +85,23 @@ def test_decodes_a_real_mp4_into_resized_frames_with_their_times(demo_dirs):
     video = load_video(str(video_path), 32, 1.0, (448, 448), 28)
     assert video.frames.shape == (32, 112, 168, 3) and video.frames.dtype == np.uint8
     assert video.total_frames == 360 and video.avg_fps == pytest.approx(10.0) and video.duration == 36.0
-    assert video.frame_indices == sample_frame_indices(360, 10.0, 32, 1.0)
+    # 36 s at fps 1 caps nothing: 32 frames, 359 / 31 = 11.58 apart, truncated
+    assert video.frame_indices == [int(i * 359 / 31) for i in range(32)]
+    assert video.frame_indices[:6] == [0, 11, 23, 34, 46, 57] and video.frame_indices[-1] == 359
     assert video.timestamps == [round(i / 10.0, 3) for i in video.frame_indices]
     assert video.metadata()["frames_indices"] == video.frame_indices
     assert video.frames[0].std() > 0 and not np.array_equal(video.frames[0], video.frames[-1])
+
+
+@pytest.mark.parametrize(
+    "indices, avg_fps, seconds",
+    [
+        ([10, 20, 40], 10.0, 1.5),  # (40 - 10) / 2 gaps / 10 fps
+        ([0, 30], 10.0, 3.0),
+        ([5], 4.0, 0.25),  # one frame: one source frame's duration
+    ],
+)
+def test_frame_spacing(indices, avg_fps, seconds):
+    frames = np.zeros((len(indices), 28, 28, 3), dtype=np.uint8)
+    video = VideoFrames(frames, indices, [i / avg_fps for i in indices], 10.0, avg_fps, 100)
+    assert video.frame_spacing() == pytest.approx(seconds)

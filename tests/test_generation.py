@@ -1,9 +1,12 @@
 """The shared-prefix path against the plain path, token for token, and the processor inputs."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import AutoProcessor
 
+from config import EvalConfig
 from generation import (
     StageTimer,
     chat_text,
@@ -17,6 +20,7 @@ from generation import (
 from prompts import build_prompt
 from qwen_vl_utils import load_video
 from util import group_by_video, load_questions
+from worker import video_answerer
 
 
 def video_and_texts(demo, processor, video_number):
@@ -46,6 +50,65 @@ def test_shared_prefix_is_token_identical_to_plain(demo_dirs, family, batch_size
     assert timer.seconds["vision_encoder"] > 0 and timer.seconds["generation"] > 0 and timer.prefill_tokens > 0
 
 
+@pytest.mark.parametrize("position_fps", ["0.5", "sampled"])
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_shared_prefix_is_token_identical_at_other_time_codes(demo_dirs, position_fps, batch_size):
+    # At position_fps 2.0 the time code is 1 s per temporal grid, transformers' own fallback, so a prefix path
+    # that lost second_per_grid_ts would still agree; at 0.5 (4 s per grid) and at the sampled spacing of the
+    # 8 s video's 8 frames (2 × 79 / 7 / 10 = 2.26 s per grid) it would not.
+    demo = demo_dirs("qwen2_5_vl")
+    model, processor, _ = load_model(str(demo / "model"), "cpu")
+    video, texts = video_and_texts(demo, processor, 1)
+    texts = texts[:4]
+    prefix = prefill_prefix(model, processor, video, shared_prefix_text(texts), position_fps)
+    answers = []
+    for start in range(0, len(texts), batch_size):
+        batch = texts[start : start + batch_size]
+        plain = generate_plain(model, processor, video, batch, position_fps=position_fps, max_new_tokens=6)
+        assert generate_from_prefix(model, processor, prefix, batch, max_new_tokens=6) == plain
+        answers += plain
+    # the time code reaches the answers: at 2.0 some of them differ
+    assert answers != generate_plain(model, processor, video, texts, position_fps="2.0", max_new_tokens=6)
+
+
+def test_video_answerer_picks_the_shared_or_the_plain_path(demo_dirs):
+    demo = demo_dirs("qwen2_5_vl")
+    model, processor, _ = load_model(str(demo / "model"), "cpu")
+    video, texts = video_and_texts(demo, processor, 1)  # an 8 s video, 8 frames
+    config = EvalConfig(position_fps="0.5", max_new_tokens=3)
+    expected = generate_plain(model, processor, video, texts[:2], position_fps="0.5", max_new_tokens=3)
+    timer = StageTimer(model)
+    prefix_length = processor_inputs(processor, video, [shared_prefix_text(texts)], "0.5")["input_ids"].shape[1]
+    batch_length = processor_inputs(processor, video, texts[:2], "0.5")["input_ids"].shape[1]  # left-padded
+
+    # no video: no answerer, and the video's error
+    assert video_answerer(model, processor, None, "video failed: gone", texts, config) == (None, "video failed: gone")
+
+    # shared prefix: the video's prefix is prefilled here, once; a batch then prefills only its own tokens
+    answer, error = video_answerer(model, processor, video, None, texts, config)
+    assert error is None and timer.prefill_tokens == prefix_length
+    assert answer(texts[:2]) == expected
+    assert timer.prefill_tokens - prefix_length == 2 * (batch_length - prefix_length)
+
+    # plain, as asked: nothing prefilled until a batch comes, then each full prompt
+    timer.prefill_tokens = 0
+    answer, error = video_answerer(model, processor, video, None, texts, replace(config, shared_prefix=False))
+    assert error is None and timer.prefill_tokens == 0
+    assert answer(texts[:2]) == expected and timer.prefill_tokens == 2 * batch_length
+
+    # plain, because the texts share no video prefix (a per-question note before the video)
+    noted = [text.replace("<|vision_start|>", f"Note {i}.<|vision_start|>", 1) for i, text in enumerate(texts)]
+    timer.prefill_tokens = 0
+    answer, error = video_answerer(model, processor, video, None, noted, config)
+    assert error is None and timer.prefill_tokens == 0
+    assert answer(noted[:2]) == generate_plain(model, processor, video, noted[:2], "0.5", max_new_tokens=3)
+
+    # a prefix that cannot be computed is the video's error, and there is no answerer
+    broken = replace(video, frames=video.frames[:, :100, :100])  # not a multiple of the patch size
+    answer, error = video_answerer(model, processor, broken, None, texts, config)
+    assert answer is None and error.startswith("video prefix failed: RuntimeError: shape ")
+
+
 def test_shared_prefix_also_matches_with_transformers_positions(demo_dirs):
     demo = demo_dirs("qwen2_5_vl")
     model, processor, _ = load_model(str(demo / "model"), "cpu", mrope_positions="transformers")
@@ -62,6 +125,12 @@ def test_shared_prefix_text_ends_after_the_video_block():
     # a per-question text before the video: the video is not shared, so there is no video prefix
     assert shared_prefix_text([f"<|im_start|>user\nMap {i}\n{video}Q" for i in (1, 2)]) is None
     assert shared_prefix_text(["no video here", "no video there"]) is None
+    # two videos in the shared start: the prefix holds both
+    two = f"<|im_start|>user\n{video}and{video}"
+    assert shared_prefix_text([f"{two}Question:\nHow many {x}?" for x in ("chairs", "cups")]) == two
+    # an image block but no video in the shared start, or a video block the texts leave before its end
+    image = "<|vision_start|><|image_pad|><|vision_end|>"
+    assert shared_prefix_text([f"{image}<|vision_start|><|video_pad|>{x}<|vision_end|>" for x in "ab"]) is None
 
 
 def test_shared_prefix_prefills_far_fewer_tokens(demo_dirs):

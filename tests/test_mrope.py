@@ -10,7 +10,13 @@ import torch
 import transformers
 
 import tiny_models
-from qwen_vl_utils import compare_positions, mrope_position_ids, use_published_positions
+from qwen_vl_utils import (
+    compare_positions,
+    describe_token,
+    format_position,
+    mrope_position_ids,
+    use_published_positions,
+)
 
 TINY_TEXT = {
     "vocab_size": 32,
@@ -205,8 +211,9 @@ def test_left_padding_and_different_vision_counts_per_row():
     assert theirs[:, 1, -1].tolist() == [4 + 2] * 3  # after the video: start + max(1, 2) instead of 9
 
 
-def test_compare_positions_on_the_notes_example():
-    # NOTES: a Qwen2.5-VL video of 16 temporal grids at 1 s; 16 x 16 merged tokens per grid.
+def test_compare_positions_on_a_long_video():
+    # A Qwen2.5-VL video of 16 temporal grids at 1 s, 16 x 16 merged tokens per grid: transformers 5.24 puts
+    # the first text token after it at start + 16, the published rule at start + 31.
     inputs = prompt("TTTT " + "V" * 16 * 16 * 16 + " TTT")
     inputs |= {"video_grid_thw": torch.tensor([[16, 32, 32]]), "second_per_grid_ts": torch.tensor([1.0])}
     model = tiny_model("qwen2_5_vl", tokens_per_second=2)
@@ -214,6 +221,53 @@ def test_compare_positions_on_the_notes_example():
         "transformers' M-RoPE positions differ from the published rule from token 4100 of 4103 "
         "(the first text token after a video): transformers 20, published 35; 3 tokens differ."
     )
+
+
+def test_compare_positions_names_the_row_in_a_batch():
+    # The long video of the test above in row 1; row 0 is text only, left-padded to the same length.
+    inputs = prompt("P" * 4100 + " TTT", "TTTT " + "V" * 16 * 16 * 16 + " TTT")
+    inputs |= {"video_grid_thw": torch.tensor([[16, 32, 32]]), "second_per_grid_ts": torch.tensor([1.0])}
+    assert compare_positions(tiny_model("qwen2_5_vl", tokens_per_second=2), inputs) == (
+        "transformers' M-RoPE positions differ from the published rule from token 4100 of 4103 in row 1 "
+        "(the first text token after a video): transformers 20, published 35; 3 tokens differ."
+    )
+
+
+def test_compare_positions_counts_only_unpadded_tokens():
+    # Row 0 is left-padded by two; both rules skip padding, so they agree on the 11 + 13 real tokens.
+    model = tiny_model("qwen2_vl")
+    grids = {"image_grid_thw": torch.tensor([[1, 4, 6], [1, 4, 6]])}
+    inputs = prompt("PP TTT IIIIII TT", "TTTTT IIIIII TT") | grids
+    assert compare_positions(model, inputs) == (
+        "transformers' M-RoPE positions agree with the published rule on all 24 tokens."
+    )
+    # a processor output without an attention mask: every token counts
+    unmasked = {key: value for key, value in prompt("TTT IIIIII TT").items() if key != "attention_mask"}
+    assert compare_positions(model, unmasked | {"image_grid_thw": torch.tensor([[1, 4, 6]])}) == (
+        "transformers' M-RoPE positions agree with the published rule on all 11 tokens."
+    )
+
+
+@pytest.mark.parametrize(
+    "kinds, index, expected",
+    [
+        ("TVT", 2, "the first text token after a video"),
+        ("IVT", 2, "the first text token after a video"),
+        ("VT", 1, "the first text token after a video"),
+        ("ITT", 1, "the first text token after an image"),
+        ("TT", 1, "a text token"),
+        ("TV", 0, "a text token"),
+        ("VV", 1, "a video token"),
+        ("TI", 1, "an image token"),
+    ],
+)
+def test_describe_token(kinds, index, expected):
+    assert describe_token([TOKEN_TYPES[kind] for kind in kinds], index) == expected
+
+
+def test_format_position():
+    assert format_position(torch.tensor([7, 7, 7])) == "7"  # a text token: one number
+    assert format_position(torch.tensor([1, 2, 3])) == "(t, h, w) = (1, 2, 3)"
 
 
 def test_compare_positions_agreeing():
@@ -343,7 +397,7 @@ def test_left_padded_batch_decodes_each_row_after_its_maximum(checkpoints):
 
 
 def test_cached_video_prefix_continues_at_the_published_positions(checkpoints):
-    # NOTES' prefix reuse: prefill through the video once, then generate from that cache with the full prompt
+    # Prefix reuse: prefill through the video once, then generate from that cache with the full prompt
     # and rope_deltas recomputed from it. The uncached tokens then sit at index + rope_deltas, which
     # under the published rule is where the plain path puts them (under 5.24's rule it is not).
     path = checkpoints["qwen2_5_vl"]

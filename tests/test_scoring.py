@@ -1,6 +1,11 @@
-"""The official VSI-Bench metric on hand-computed cases, including the quirks listed in NOTES.md."""
+"""The official VSI-Bench metric on hand-computed cases, including its quirks: the first space-separated token is
+the answer ("A. Back" -> A, " A" -> empty), ten thresholds from a float quotient, <= in mean relative accuracy,
+object_rel_direction as the mean of its three sub-type means, the overall as the mean of the task scores."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +20,16 @@ def test_ten_thresholds_from_the_float_quotient():
 
 @pytest.mark.parametrize(
     "text, token",
-    [("A. Back", "A"), ("A.", "A"), (" A", ""), ("3 meters", "3"), ("B\n", "B"), ("Answer: A", "Answer:")],
+    [
+        ("A. Back", "A"),
+        ("A.", "A"),
+        (" A", ""),
+        ("3 meters", "3"),
+        ("B\n", "B"),
+        ("Answer: A", "Answer:"),
+        ("MAX.", "MAX"),  # only dots are cut off the end
+        ("3..", "3"),
+    ],
 )
 def test_first_token(text, token):
     assert first_token(text) == token
@@ -31,6 +45,9 @@ def test_first_token(text, token):
         (0.0, 3.0, 0.0),
         (10.0, 3.0, 0.0),
         (2.85, 3.0, 1.0),  # 5 % off passes 0.95 as well
+        (1.12, 1.0, 0.8),  # 12 % off: 0.50 .. 0.85
+        (0.0, 0.0, 1.0),  # a ground truth of 0: only an exact 0 is right (the official code divides by zero)
+        (0.5, 0.0, 0.0),
     ],
 )
 def test_mean_relative_accuracy(pred, gt, expected):
@@ -107,6 +124,71 @@ def test_cli_json_is_one_object(tmp_path, capsys):
 def test_cli_table(tmp_path, capsys):
     path = tmp_path / "r.jsonl"
     path.write_text(json.dumps(rec("object_counting", "3", "3")) + "\n")
-    report.main([str(path)])
+    assert report.main([str(path)]) == 0
     out = capsys.readouterr().out
     assert "object_counting" in out and "100.00" in out and "Overall (macro)" in out
+
+
+# One results file, every score worked out by hand (question type, prediction, ground truth, error; its score).
+HAND_SCORED = [
+    ("obj_appearance_order", "A", "A", None),  # 1
+    ("object_abs_distance", "2.25", "2", None),  # 12.5 % off: thresholds 0.50 .. 0.85 pass: 0.8
+    ("object_abs_distance", "1 meter", "2", None),  # 50 % off: only 0.50 passes (<=): 0.1
+    ("object_counting", "3", "3", None),  # 1
+    ("object_counting", "4", "3", None),  # 33 % off: 0.50 .. 0.65: 0.4
+    ("object_rel_distance", "D", "A", None),  # 0
+    ("object_size_estimation", "100", "100", None),  # 1
+    ("object_size_estimation", "100", "100", "video failed: gone"),  # failed: 0, still counted
+    ("room_size_estimation", "three", "3", None),  # not a number: 0
+    ("route_planning", "B", "B", None),  # 1
+    ("route_planning", "b.", "B", None),  # "b", case-insensitive: 1
+    ("route_planning", " B", "B", None),  # leading space: empty first token: 0
+    ("route_planning", "<think>left</think><answer>C</answer>", "C", None),  # the answer span: 1
+    ("object_rel_direction_easy", "A", "A", None),  # easy: 1, 1 -> 100
+    ("object_rel_direction_easy", "A.", "A", None),
+    ("object_rel_direction_medium", "A", "B", None),  # medium: 0, 1 -> 50
+    ("object_rel_direction_medium", "B. left", "B", None),
+    ("object_rel_direction_hard", "C", "D", None),  # hard: 0
+]
+HAND_TASKS = {
+    "obj_appearance_order": 100.0,
+    "object_abs_distance": 45.0,  # (0.8 + 0.1) / 2
+    "object_counting": 70.0,  # (1 + 0.4) / 2
+    "object_rel_distance": 0.0,
+    "object_size_estimation": 50.0,
+    "room_size_estimation": 0.0,
+    "route_planning": 75.0,
+    "object_rel_direction": 50.0,  # (100 + 50 + 0) / 3, not the pooled 3 of 5
+}
+
+
+def test_a_hand_scored_results_file_through_the_command_line(tmp_path):
+    path = tmp_path / "results.jsonl"
+    rows = [
+        {"id": i, "question_type": t, "prediction": p, "ground_truth": gt, "error": e}
+        for i, (t, p, gt, e) in enumerate(HAND_SCORED)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "vsibench_acc.py", str(path), "--json"], cwd=root, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["tasks"] == pytest.approx(HAND_TASKS)
+    assert list(result["tasks"]) == list(HAND_TASKS)  # the published column order
+    assert result["overall"] == pytest.approx(390 / 8)  # the mean of the eight task scores
+    assert (result["n"], result["failed"], result["parser"]) == (18, 1, "official")
+
+
+def test_unscorable_input():
+    assert score_answer("3", "n/a", "object_counting") == 0.0  # a ground truth that is not a number: 0
+    with pytest.raises(ValueError, match="unknown question_type 'object_colour'"):
+        score_answer("A", "A", "object_colour")
+
+
+def test_no_records_score_zero_and_generic_types_are_tasks_after_the_published_ones():
+    assert aggregate([]) == {"overall": 0.0, "tasks": {}, "n": 0, "failed": 0, "parser": "official"}
+    records = [rec("numerical", "2", "2"), rec("object_counting", "4", "3"), rec("multiple choice", "B", "A")]
+    result = aggregate(records)
+    assert result["tasks"] == pytest.approx({"object_counting": 40.0, "multiple choice": 0.0, "numerical": 100.0})
+    assert list(result["tasks"]) == ["object_counting", "multiple choice", "numerical"]
+    assert result["overall"] == pytest.approx(140 / 3)

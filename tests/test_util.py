@@ -130,14 +130,23 @@ def test_spatial_r1_default_prompts():
 
 
 def test_thinking_and_api_prompts():
-    assert build_prompt(MC, "thinking").endswith(
-        "C. bed\nFirst output the thinking process in <think> </think> tags and then output an option letter "
+    assert build_prompt(MC, "thinking") == (
+        "Question:\nWhich is closest to the sofa?\nOptions:\nA. tv\nB. lamp\nC. bed\n"
+        "First output the thinking process in <think> </think> tags and then output an option letter "
         "in <answer> </answer> tags."
     )
-    assert build_prompt(NA, "thinking").endswith("then output a number in <answer> </answer> tags.")
+    assert build_prompt(NA, "thinking") == (
+        "Question:\nHow many chair(s) are in this room?\nFirst output the thinking process in <think> </think> tags "
+        "and then output a number in <answer> </answer> tags."
+    )
     for prompt_type in ("gemini_api", "gpt4v"):
-        assert build_prompt(NA, prompt_type).endswith("room?\nDo not response anything other than a single number!")
-        assert build_prompt(MC, prompt_type) == build_prompt(MC, "default")
+        assert build_prompt(NA, prompt_type) == (
+            "Question:\nHow many chair(s) are in this room?\nDo not response anything other than a single number!"
+        )
+        assert build_prompt(MC, prompt_type) == (
+            "Question:\nWhich is closest to the sofa?\nOptions:\nA. tv\nB. lamp\nC. bed\n"
+            "Answer with the option's letter from the given choices directly."
+        )
 
 
 def test_unknown_prompt_type():
