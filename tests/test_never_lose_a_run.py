@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def start_demo_run(demo: Path, out: Path) -> subprocess.Popen:
     argv = ["--demo", "--demo_dir", str(demo), "--output_dir_base", str(out), "--num_processes", "2"]
+    argv += ["--protocol", "none"]  # the in-process reference runs use EvalConfig()'s protocol, not __main__'s
     return subprocess.Popen(
         [sys.executable, "eval_qwen.py", *argv],
         cwd=ROOT,

@@ -22,6 +22,7 @@ def test_two_ranks_give_the_single_process_results_then_resume(demo_dirs, demo_r
     reference = read_results(demo_run("qwen2_5_vl"))
     run_dir = tmp_path / "shared" / "run1"
     flags = ["--demo", "--demo_dir", str(demo_dirs("qwen2_5_vl")), "--output_dir_base", str(tmp_path / "runs")]
+    flags += ["--protocol", "none"]  # as the in-process reference run (EvalConfig()), not __main__'s protocol
     job = torchrun(*flags, "--run_dir", str(run_dir))
     assert job.returncode == 0, job.stderr[-3000:]
     assert read_results(run_dir) == reference
