@@ -1,6 +1,8 @@
 """The run's settings: the fields a user edits, the command line, their checks, resume's saved config, and
-the questions they select. Imports util, cogmap, prompts, download, qwen_vl_utils, tracking (and demo_assets
-for --demo).
+the questions they select. Imports protocols, util, cogmap, prompts, download, qwen_vl_utils, tracking (and
+demo_assets for --demo).
+
+Fields that change scores default to None: unset, they take the value of the run's protocol (protocols.py).
 """
 
 import json
@@ -17,6 +19,7 @@ from transformers import HfArgumentParser
 from cogmap import load_offloaded_maps, offloaded_map
 from download import HOW_TO_GET_DATA, HUB_DATASET, ensure_vsibench
 from prompts import load_prompt_template
+from protocols import apply_protocol, check_settings
 from qwen_vl_utils import QWEN_VL_MODEL_TYPES
 from tracking import require_wandb
 from util import DataError, debug_subset, load_questions, select_question_types, select_subset
@@ -34,17 +37,17 @@ class EvalConfig:
     model_name: str = "Qwen/Qwen2.5-VL-7B-Instruct"  # local checkpoint folder or hub id
     gpu_ids: str = "0"  # comma-separated CUDA device ids; worker i uses gpu_ids[i % len(gpu_ids)]
     num_processes: int = 1  # worker processes; the questions are split between them by video
-    num_frames: int = 32  # frames sampled uniformly over the whole video
-    fps: float = 1.0  # > 0 caps the frame count at whole seconds × fps (Spatial-R1's rule); 0 disables
-    target_resolution: list[int] = field(default_factory=lambda: [448, 448])  # frames fit inside (H, W)
+    num_frames: int | None = None  # frames sampled uniformly over the whole video (protocol: 32)
+    fps: float | None = None  # > 0 caps the frame count at whole seconds × fps (Spatial-R1's rule); 0 disables
+    target_resolution: list[int] | None = None  # resize fit: frames fit inside (H, W); spatial_r1: max(H, W) caps
     batch_size: int = 8  # questions of one video answered together (left padding)
     shared_prefix: bool = True  # encode each video and prefill its prompt prefix once for all its questions
-    max_new_tokens: int = 512
-    prompt_type: Literal["default", "official", "thinking", "gemini_api", "gpt4v", "custom"] = "default"
+    max_new_tokens: int | None = None  # greedy decoding limit
+    prompt_type: Literal["default", "official", "thinking", "gemini_api", "gpt4v", "custom"] | None = None
     prompt_template_file: str | None = None  # for prompt_type custom: JSON/YAML with pre_prompt, mca_post_prompt,
     # na_post_prompt
-    position_fps: str = "2.0"  # Qwen2.5-VL time code: a number (fps told to the model) or "sampled"
-    mrope_positions: Literal["published", "transformers"] = "published"  # rotary positions: the Qwen rule or the
+    position_fps: str | None = None  # Qwen2.5-VL time code: a number (fps told to the model), "sampled" or "metadata"
+    mrope_positions: Literal["published", "transformers"] | None = None  # rotary positions: the Qwen rule or the
     # installed transformers' own (which differs between releases)
     use_cognitive_map: bool = False  # put a map of the scene's objects before each question
     offload_cogmap: bool = False  # read maps from cogmap_file_path instead of generating them
@@ -52,7 +55,7 @@ class EvalConfig:
     cogmap_id_key: str = "id"  # the file's key column: question id or scene name (matched as text)
     cogmap_cog_key: str = "cognitive_map"  # the file's map column
     cogmap_fallback: Literal["generate", "none"] = "generate"  # for a question without an offloaded map
-    cogmap_max_new_tokens: int = 512  # length limit of a generated map
+    cogmap_max_new_tokens: int | None = None  # length limit of a generated map
     debug_mode: bool = False  # evaluate a seeded subset of debug_size questions
     debug_size: int = 64
     seed: int = 42
@@ -68,6 +71,22 @@ class EvalConfig:
     dataset_revision: str | None = None  # the Hub revision to fetch (default main); config.json records the commit
     data_dir: str | None = None  # where fetched data is unzipped (default $HF_HOME/vsibench)
     wandb_project: str | None = None  # log config, per-task scores and results to this W&B project (pip install wandb)
+    # The evaluation protocol (protocols.py): none, spatial_r1, vsibench_official or lmms_eval. Every
+    # score-changing field left unset takes its value; fields set keep theirs and are logged as deviations.
+    protocol: str = "none"
+    prompt_format: Literal["spatial_r1", "vsibench"] | None = None  # Spatial-R1's "Question:" layout or the task's
+    system_prompt: str | None = None  # system message text, or "none": none sent (the chat template's default)
+    frame_count: Literal["exact", "even", "even_within_video"] | None = None  # how the frame count is adjusted
+    frame_index_rounding: Literal["floor", "round"] | None = None  # linspace positions -> frame indices
+    resize: Literal["fit", "spatial_r1", "smart_resize"] | None = None  # how frames are sized (README)
+    min_pixels: int | None = None  # smart_resize: fewest pixels per frame (0: 128 × factor²)
+    max_pixels: int | None = None  # smart_resize: most pixels per frame (0: no explicit limit)
+    total_pixels: int | None = None  # smart_resize: pixel budget of the whole video (0: none)
+    repetition_penalty: str | None = None  # a number, or "checkpoint" (its generation_config.json value)
+    eos_tokens: Literal["checkpoint", "tokenizer"] | None = None  # stop ids: generation_config.json's or tokenizer's
+    answer_span: Literal["none", "first", "last"] | None = None  # which <answer>...</answer> span is scored
+    cogmap_prompt: Literal["evaluator", "spatial_r1"] | None = None  # the prompt asking for a cognitive map
+    cogmap_insert: Literal["evaluator", "spatial_r1"] | None = None  # how a map enters the question
 
 
 # What --resume may change: where and how wide the work runs, never what is computed.
@@ -102,7 +121,8 @@ def apply_demo(config: EvalConfig, given: set[str]) -> EvalConfig:
 
 
 def check_config(config: EvalConfig) -> None:
-    """Reject settings that cannot work, before anything is loaded."""
+    """Reject settings that cannot work, before anything is loaded (after the protocol has filled them in)."""
+    check_settings(config)
     if (config.prompt_type == "custom") != bool(config.prompt_template_file):
         raise DataError("prompt_type custom and prompt_template_file go together: set both or neither")
     if config.prompt_template_file:
@@ -111,10 +131,6 @@ def check_config(config: EvalConfig) -> None:
         raise DataError("cogmap_file_path: needed when offload_cogmap is set")
     if len(config.target_resolution) != 2 or min(config.target_resolution) <= 0:
         raise DataError(f"target_resolution: expected two positive sizes (H W), got {config.target_resolution}")
-    if config.position_fps != "sampled" and not is_positive_number(config.position_fps):
-        raise DataError(f"position_fps: expected a positive number or 'sampled', got {config.position_fps!r}")
-    if not (math.isfinite(config.fps) and config.fps >= 0):
-        raise DataError(f"fps: expected a number >= 0 (0: no cap), got {config.fps}")
     if not (math.isfinite(config.dist_timeout_minutes) and config.dist_timeout_minutes > 0):
         raise DataError(f"dist_timeout_minutes: expected a positive number, got {config.dist_timeout_minutes}")
     for name in ("num_frames", "batch_size", "max_new_tokens", "debug_size", "cogmap_max_new_tokens", "num_processes"):
@@ -124,19 +140,11 @@ def check_config(config: EvalConfig) -> None:
         require_wandb()
     if not os.path.isdir(config.video_dir):
         raise DataError(f"video_dir: {config.video_dir}: no such directory; {HOW_TO_GET_DATA}")
-    check_model(config.model_name)
 
 
-def is_positive_number(text: str) -> bool:
-    """A finite number > 0 written as text ("inf" and "nan" are not)."""
-    try:
-        return math.isfinite(float(text)) and float(text) > 0
-    except ValueError:
-        return False
-
-
-def check_model(model_name: str) -> None:
-    """The model must be a Qwen-VL checkpoint: a local folder with its config.json, or a hub id."""
+def model_type_of(model_name: str, trust_remote_code: bool = False) -> str:
+    """The checkpoint's model_type: from the config.json of a local folder, else from the hub's (cached) config.
+    A local path that is not a Qwen-VL checkpoint is a DataError naming the file."""
     looks_local = model_name.startswith(("/", ".", "~")) or model_name.count("/") != 1
     if os.path.isdir(model_name):
         config_file = os.path.join(model_name, "config.json")
@@ -149,8 +157,15 @@ def check_model(model_name: str) -> None:
                 f"model_name: {config_file}: model_type {model_type!r} is not a Qwen-VL model "
                 f"({', '.join(QWEN_VL_MODEL_TYPES)})"
             )
-    elif looks_local:
+        return model_type
+    if looks_local:
         raise DataError(f"model_name: {model_name}: no such directory")
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_name, trust_remote_code=trust_remote_code).model_type
+    except OSError as error:
+        raise DataError(f"model_name: {model_name}: cannot read its config ({error})") from None
 
 
 def resume_config(run_dir: Path, given: set[str], overrides: EvalConfig) -> EvalConfig:
@@ -239,13 +254,15 @@ def select_questions(config: EvalConfig) -> tuple[list[dict], str]:
 
 
 def prepare(config: EvalConfig, given: set[str]) -> tuple[EvalConfig, list[dict], str]:
-    """The run's final config (a resumed run's saved one, or the demo's), checked, and its questions."""
+    """The run's final config (a resumed run's saved one, or the demo's; unset fields from its protocol), checked,
+    and its questions."""
     if config.resume:
         config = resume_config(Path(config.resume), given, config)
     elif config.demo:
         config = apply_demo(config, given)
     else:
         locate_data(config)
+    apply_protocol(config, model_type_of(config.model_name, config.trust_remote_code))
     check_config(config)
     questions, selection = select_questions(config)
     return config, questions, selection

@@ -4,6 +4,7 @@ Edit the config in the `__main__` block at the bottom, then run
 
     python eval_qwen.py                       # with the values set there
     python eval_qwen.py --num_frames 16       # any field can be overridden as --field_name value
+    python eval_qwen.py --protocol spatial_r1 # evaluate exactly as a reference did (README "Protocols")
     python eval_qwen.py --demo                # tiny random model on a synthetic set, CPU, under a minute
 
 Data flow: data file -> question records -> shards grouped by video (one worker process each)
@@ -53,19 +54,17 @@ def main(defaults: EvalConfig, argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # Edit these values for your run; any of them can be overridden on the command line as --field_name value.
+    # The protocol sets every score-changing setting (frames, sizes, prompt, decoding; README "Protocols");
+    # a score-changing field written here or given on the command line overrides it and the log says so.
     config = EvalConfig(
+        protocol="lmms_eval",
         parquet_file="data/vsibench/test.parquet",
         video_dir="data/vsibench",
         output_dir_base="results",
         model_name="Qwen/Qwen2.5-VL-7B-Instruct",
         gpu_ids="0,1,2,3",
         num_processes=4,
-        num_frames=32,
-        fps=1.0,
-        target_resolution=[448, 448],
         batch_size=8,
-        max_new_tokens=512,
-        prompt_type="default",
         use_cognitive_map=False,
         offload_cogmap=False,
         cogmap_file_path=None,

@@ -23,11 +23,14 @@ from qwen_vl_utils import VideoFrames, use_published_positions
 VIDEO_PAD, VISION_END = "<|video_pad|>", "<|vision_end|>"
 
 
-def load_model(model_name: str, device: str, mrope_positions: str = "published", trust_remote_code: bool = False):
-    """Processor and model in eval mode: bf16 + flash-attn (when installed) on GPU, float32 + sdpa on CPU,
-    with M-RoPE positions by the published rule unless `mrope_positions` is "transformers"."""
+def load_model(
+    model_name: str, device: str, mrope_positions: str = "published", trust_remote_code: bool = False, dtype=None
+):
+    """Processor and model in eval mode: bf16 + flash-attn (when installed) on GPU, float32 + sdpa on CPU
+    (unless `dtype` says otherwise), with M-RoPE positions by the published rule unless `mrope_positions` is
+    "transformers"."""
     on_gpu = device.startswith("cuda")
-    dtype = torch.bfloat16 if on_gpu else torch.float32
+    dtype = dtype or (torch.bfloat16 if on_gpu else torch.float32)
     attention = "flash_attention_2" if on_gpu and is_flash_attn_2_available() else "sdpa"
     processor = AutoProcessor.from_pretrained(model_name, trust_remote_code=trust_remote_code)
     processor.tokenizer.padding_side = "left"
@@ -40,14 +43,19 @@ def load_model(model_name: str, device: str, mrope_positions: str = "published",
     return model.to(device).eval(), processor, info
 
 
-def chat_text(processor, prompt: str) -> str:
-    """The chat-formatted model input: the video first, then the prompt (the benchmark's order)."""
+def chat_text(processor, prompt: str, system_prompt: str = "none") -> str:
+    """The chat-formatted model input: a system message unless `system_prompt` is "none" (then the chat
+    template's default, if it has one, applies), then the user turn: the video first, then the prompt (the
+    benchmark's order)."""
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+    if system_prompt != "none":
+        messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system_prompt}]})
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def processor_inputs(processor, video: VideoFrames, texts: list[str], position_fps: str):
-    """Tokenized, left-padded chat texts that each hold the video once, with its pixel patches."""
+    """Tokenized, left-padded chat texts that each hold the video once, with its pixel patches. Records the
+    patch grid on `video` (video.grid_thw)."""
     inputs = processor(
         text=texts,
         videos=[video.frames] * len(texts),
@@ -57,22 +65,46 @@ def processor_inputs(processor, video: VideoFrames, texts: list[str], position_f
         padding=True,
         return_tensors="pt",
     )
-    if "second_per_grid_ts" in inputs:
+    video.grid_thw = inputs["video_grid_thw"][0].tolist()
+    if "second_per_grid_ts" in inputs and position_fps != "metadata":
         # Qwen2.5-VL's time code: seconds per temporal grid, with frames `position_fps` apart or, for
-        # "sampled", as far apart as the sampled frames really are.
+        # "sampled", as far apart as the sampled frames really are. For "metadata" the processor's own value
+        # stays: temporal_patch_size / (frames sampled / video duration), from the metadata.
         seconds_per_frame = video.frame_spacing() if position_fps == "sampled" else 1.0 / float(position_fps)
         step = processor.video_processor.temporal_patch_size * seconds_per_frame
         inputs["second_per_grid_ts"] = torch.full((len(texts),), step)
     return inputs
 
 
-def greedy(model, processor, max_new_tokens: int) -> GenerationConfig:
-    return GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        eos_token_id=model.generation_config.eos_token_id,
-        pad_token_id=processor.tokenizer.pad_token_id,
-    )
+def decoding_config(model, processor, repetition_penalty: str = "checkpoint", eos_tokens: str = "checkpoint"):
+    """The generation settings in force for greedy decoding: the checkpoint's generation_config.json, then
+    greedy search, and the run's repetition penalty and stop tokens on top. Passed whole to generate(), so
+    nothing is filled in from elsewhere (transformers fills every unset field from the checkpoint's file)."""
+    config = copy.deepcopy(model.generation_config)
+    config.update(**config._get_default_generation_params(), defaults_only=True)  # unset: transformers' defaults
+    config.update(do_sample=False, num_beams=1, pad_token_id=processor.tokenizer.pad_token_id)
+    if repetition_penalty != "checkpoint":
+        config.repetition_penalty = float(repetition_penalty)
+    if eos_tokens == "tokenizer":
+        config.eos_token_id = processor.tokenizer.eos_token_id
+    return config
+
+
+def generation_settings(config: GenerationConfig) -> dict:
+    """The fields of a generation config that differ from transformers' defaults (plus the length and
+    search settings), for the log and summary.json."""
+    defaults = GenerationConfig()._get_default_generation_params()
+    settings = {key: value for key, value in config.to_diff_dict().items() if key != "transformers_version"}
+    settings = {key: value for key, value in settings.items() if defaults.get(key, None) != value}
+    keys = ("max_new_tokens", "do_sample", "num_beams", "repetition_penalty", "eos_token_id", "pad_token_id")
+    return {key: getattr(config, key) for key in keys} | settings
+
+
+def greedy(model, processor, max_new_tokens: int, decoding: GenerationConfig | None = None) -> GenerationConfig:
+    """`decoding` (by default the checkpoint's settings made greedy) with this call's token limit."""
+    config = copy.deepcopy(decoding if decoding is not None else decoding_config(model, processor))
+    config.max_new_tokens = max_new_tokens
+    return config
 
 
 def new_text(processor, output: torch.Tensor, prompt_length: int) -> list[str]:
@@ -85,11 +117,14 @@ def new_text(processor, output: torch.Tensor, prompt_length: int) -> list[str]:
 
 
 @torch.inference_mode()
-def generate_plain(model, processor, video: VideoFrames, texts: list[str], position_fps: str, max_new_tokens: int):
-    """Answers to chat texts about one video, each through the vision encoder and a full prefill."""
+def generate_plain(
+    model, processor, video: VideoFrames, texts: list[str], position_fps: str, max_new_tokens: int, decoding=None
+):
+    """Answers to chat texts about one video, each through the vision encoder and a full prefill; `decoding` is
+    the run's generation config (decoding_config)."""
     inputs = processor_inputs(processor, video, texts, position_fps).to(model.device)
     model.model.rope_deltas = None  # positions come from this prompt, not an earlier one
-    output = model.generate(**inputs, generation_config=greedy(model, processor, max_new_tokens))
+    output = model.generate(**inputs, generation_config=greedy(model, processor, max_new_tokens, decoding))
     return new_text(processor, output, inputs["input_ids"].shape[1])
 
 
@@ -127,7 +162,9 @@ def prefill_prefix(model, processor, video: VideoFrames, prefix_text: str, posit
 
 
 @torch.inference_mode()
-def generate_from_prefix(model, processor, prefix: VideoPrefix, texts: list[str], max_new_tokens: int) -> list[str]:
+def generate_from_prefix(
+    model, processor, prefix: VideoPrefix, texts: list[str], max_new_tokens: int, decoding=None
+) -> list[str]:
     """Answers to chat texts that start with `prefix.text`, prefilling only what follows it.
 
     Row r of the batch is [prefix tokens | left padding | its own tokens]; the attention mask hides the
@@ -164,7 +201,7 @@ def generate_from_prefix(model, processor, prefix: VideoPrefix, texts: list[str]
         attention_mask=attention_mask,
         mm_token_type_ids=mm_token_type_ids,
         cache=cache,
-        generation_config=greedy(model, processor, max_new_tokens),
+        generation_config=greedy(model, processor, max_new_tokens, decoding),
         **grids,
     )
     return new_text(processor, output, length)

@@ -1,4 +1,5 @@
-"""Prompts: the text that follows the video in the user message, for each prompt type.
+"""Prompts: the text that follows the video in the user message, for each prompt format and type, and the
+text a cognitive map adds to it.
 
 Imports util (question kinds, DataError).
 """
@@ -34,6 +35,7 @@ PROMPT_TYPES = ("default", "official", "thinking", "gemini_api", "gpt4v", "custo
 TEMPLATE_KEYS = ("pre_prompt", "mca_post_prompt", "na_post_prompt")
 # Spatial-R1's wording for a cognitive map placed before the question.
 COGMAP_INTRO = "Here is a cognitive_map for the video that may help you understand the space in the video:"
+COGMAP_UNAVAILABLE = "\nCognitive Map Unavailable (Generation/Offloading Failed)."  # sic, the original's
 
 
 def load_prompt_template(path: str) -> dict:
@@ -59,19 +61,24 @@ def load_prompt_template(path: str) -> dict:
 
 
 def build_prompt(
-    question: dict, prompt_type: str, template: dict | None = None, cognitive_map: str | None = None
+    question: dict,
+    prompt_type: str,
+    template: dict | None = None,
+    cogmap_block: str = "",
+    prompt_format: str = "spatial_r1",
 ) -> str:
-    """The text that follows the video in the user message. `template` is the user's, for prompt_type
-    "custom"; a cognitive map goes between the pre-prompt and the question."""
+    """The text that follows the video in the user message.
+
+    prompt_format "spatial_r1" (Spatial-R1's script): pre_prompt + "Question:\n" + question
+    [+ "\nOptions:\n" + options] + "\n" + post_prompt. "vsibench" (the official task's doc_to_text): the
+    pre-prompt, or "These are frames of a video." when it is empty, then the question, ("Options:" and the
+    options,) and the post-prompt, one per line. prompt_type picks the wording (`template` is the user's, for
+    "custom"); the legacy type "official" is the vsibench format with the default wording. `cogmap_block`
+    (see cogmap_block) goes right before the question.
+    """
     is_mca = question["question_type"] in MCA_QUESTION_TYPES
-    cogmap = f"{COGMAP_INTRO}\nCognitive Map:\n{cognitive_map}\n" if cognitive_map else ""
-    if prompt_type == "official":  # the VSI-Bench paper's wording
-        lines = [OFFICIAL_PRE_PROMPT, cogmap + question["question"]]
-        if is_mca:
-            lines += ["Options:", *question["options"], MCA_POST_PROMPT]
-        else:
-            lines.append(NA_POST_PROMPT)
-        return "\n".join(lines)
+    if prompt_type == "official":
+        prompt_type, prompt_format = "default", "vsibench"
     if prompt_type == "custom":
         if template is None:
             raise ValueError("prompt_type 'custom' needs a prompt template")
@@ -79,7 +86,28 @@ def build_prompt(
         template = PROMPT_TEMPLATES[prompt_type]
     else:
         raise ValueError(f"unknown prompt_type {prompt_type!r}; choose from {', '.join(PROMPT_TYPES)}")
-    text = template["pre_prompt"] + cogmap + "Question:\n" + question["question"]
+    post_prompt = template["mca_post_prompt"] if is_mca else template["na_post_prompt"]
+    if prompt_format == "vsibench":
+        lines = [template["pre_prompt"] or OFFICIAL_PRE_PROMPT, cogmap_block + question["question"]]
+        if is_mca:
+            lines.append("Options:\n" + "\n".join(question["options"]))
+        return "\n".join([*lines, post_prompt])
+    text = template["pre_prompt"] + cogmap_block + "Question:\n" + question["question"]
     if is_mca:
         text += "\nOptions:\n" + "\n".join(question["options"])
-    return text + "\n" + (template["mca_post_prompt"] if is_mca else template["na_post_prompt"])
+    return text + "\n" + post_prompt
+
+
+def cogmap_block(cogmap: str | None, source: str, insert: str = "evaluator", offloading: bool = False) -> str:
+    """The text a question's cognitive map puts before the question, when maps are in use.
+
+    insert "evaluator": the intro line and "Cognitive Map:" with the map, nothing without a map. "spatial_r1"
+    (the original script): a newline, the intro line, then "\nCognitive Map:\n" and the map, with a space
+    before a map the model generated while offloading was off, or a sentence saying no map was available.
+    """
+    if insert == "spatial_r1":
+        if cogmap:
+            space = " " if source == "generated" and not offloading else ""
+            return f"\n{COGMAP_INTRO}\n\nCognitive Map:\n{space}{cogmap}\n"
+        return f"\n{COGMAP_INTRO}\n{COGMAP_UNAVAILABLE}\n"
+    return f"{COGMAP_INTRO}\nCognitive Map:\n{cogmap}\n" if cogmap else ""

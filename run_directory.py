@@ -21,7 +21,8 @@ import transformers
 
 import report
 import tracking
-from config import EvalConfig
+from config import EvalConfig, model_type_of
+from protocols import describe, effective_settings
 from run_files import LOCK_FILE, RunLock, WriteError, atomic_write
 from stopping import interrupted_status
 from util import DataError, group_by_video
@@ -138,6 +139,8 @@ def start_log(config: EvalConfig, run_dir: Path, questions: list[dict], selectio
     log = setup_logging(run_dir / f"vsibench_eval_{config.prompt_type}.log", console_level=console)
     log.info(f"{'resuming' if config.resume else 'run directory'}: {run_dir}")
     log.info("config: " + json.dumps(asdict(config)))
+    for line in describe(config, model_type_of(config.model_name, config.trust_remote_code)):
+        log.info(line)
     log.info("versions: " + json.dumps(versions()))
     log.info(f"{len(questions)} questions over {len(group_by_video(questions))} videos; {selection}")
     if config.use_cognitive_map and config.offload_cogmap:
@@ -244,6 +247,7 @@ def merge_and_report(config, run_dir: Path, questions, done_ids, failures: dict,
         "run_dir": str(run_dir),
         "results_file": str(results_path),
         "model_name": config.model_name,
+        "protocol": config.protocol,
         "prompt_type": config.prompt_type,
         "failed_videos": failed_videos,
         "failed_workers": {str(rank): why for rank, why in failures.items()},
@@ -289,15 +293,12 @@ def track_run(config: EvalConfig, run_dir: Path, summary: dict, records: list[di
 
 
 def score_settings(config: EvalConfig, workers: list[dict]) -> dict:
-    """What changes scores besides the model: recorded in every summary."""
-    return {
-        "num_frames": config.num_frames,
-        "fps": config.fps,
-        "target_resolution": config.target_resolution,
-        "position_fps": config.position_fps,
-        "mrope_positions": config.mrope_positions,
-        "prompt_type": config.prompt_type,
-        "max_new_tokens": config.max_new_tokens,
+    """What changes scores besides the model, recorded in every summary: the effective value of every
+    score-changing setting (protocols.SCORE_SETTINGS), the generation settings in force after merging the
+    checkpoint's generation_config.json, the parser, and where it ran."""
+    generation = [w["generation"] for w in workers if "generation" in w]
+    return effective_settings(config) | {
+        "generation": generation[0] if generation else None,
         "parser": "official",
         "dtype": sorted({w["dtype"] for w in workers}),
         "attention": sorted({w["attention"] for w in workers}),

@@ -310,10 +310,13 @@ def shard_by_video(questions: list[dict], num_shards: int) -> list[list[dict]]:
 ANSWER_SPAN = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
-def extract_answer(prediction: str) -> str:
-    """The text of the last <answer>...</answer> span, stripped, when there is one; else the raw prediction."""
-    spans = ANSWER_SPAN.findall(prediction or "")
-    return spans[-1].strip() if spans else (prediction or "")
+def extract_answer(prediction: str, span: str = "last") -> str:
+    """The text the official parse reads: with `span` "last" or "first", that <answer>...</answer> span,
+    stripped, when the prediction has one; else (and with "none") the raw prediction."""
+    spans = ANSWER_SPAN.findall(prediction or "") if span != "none" else []
+    if not spans:
+        return prediction or ""
+    return (spans[0] if span == "first" else spans[-1]).strip()
 
 
 # ---------------------------------------------------------------- JSONL

@@ -6,7 +6,8 @@ Usage (the command line lives in report.py, which adds the lenient parser, inter
     python vsibench_acc.py RESULTS.jsonl [--json] [--stats] [--parser lenient] [--compare B.jsonl] [--markdown]
 
 The rules, as in the official code (thinking-in-space, lmms_eval/tasks/vsibench/utils.py):
-- the text inside the last <answer>...</answer> (else the raw prediction) is cut to its first space-separated
+- the text inside the last <answer>...</answer> (else the raw prediction; a record's `answer_span`, set by the
+  run's protocol, may say "first" or "none" instead) is cut to its first space-separated
   token, a trailing "." removed, then stripped: "A. Back" -> "A", " A" -> "" (wrong), "3 meters" -> 3;
 - multiple choice: case-insensitive exact match with the ground-truth letter;
 - numerical: mean relative accuracy over the thresholds 0.50, 0.55, ..., 0.95 (ten of them), with <=;
@@ -94,10 +95,12 @@ def score_answer(answer: str, ground_truth: str, question_type: str) -> float:
 
 
 def score_record(record: dict) -> float:
-    """One result record's official score; a failed question (its `error` set) scores 0."""
+    """One result record's official score; a failed question (its `error` set) scores 0. The record's
+    `answer_span` (none, first or last; last when absent) says which <answer> span is read."""
     if record.get("error"):
         return 0.0
-    return score_answer(extract_answer(record["prediction"]), record["ground_truth"], record["question_type"])
+    answer = extract_answer(record["prediction"], record.get("answer_span", "last"))
+    return score_answer(answer, record["ground_truth"], record["question_type"])
 
 
 # ---------------------------------------------------------------- averages

@@ -20,20 +20,23 @@ import transformers
 from tqdm import tqdm
 
 import report
-from cogmap import COGMAP_PROMPT, format_cognitive_map, parse_cognitive_map
+from cogmap import COGMAP_PROMPTS, format_cognitive_map, parse_cognitive_map
 from config import EvalConfig
 from generation import (
     StageTimer,
     chat_text,
+    decoding_config,
     generate_from_prefix,
     generate_plain,
+    generation_settings,
+    greedy,
     load_model,
     prefill_prefix,
     processor_inputs,
     shared_prefix_text,
 )
-from prompts import build_prompt, load_prompt_template
-from qwen_vl_utils import VideoError, VideoFrames, compare_positions, load_video
+from prompts import build_prompt, cogmap_block, load_prompt_template
+from qwen_vl_utils import FrameRules, VideoError, VideoFrames, compare_positions, load_video
 from run_directory import VIDEO_FAILED, setup_logging
 from run_files import ShardFile, WriteError, atomic_write
 from stopping import (
@@ -96,6 +99,7 @@ class Worker:
     processor: object
     template: dict | None  # the user's prompt template, for prompt_type custom
     log: logging.Logger
+    decoding: object  # the generation config in force (generation.decoding_config)
 
 
 def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path, log, compare_first: bool) -> None:
@@ -113,7 +117,10 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
         f"model loaded in {time.perf_counter() - started:.1f}s"
     )
     template = load_prompt_template(config.prompt_template_file) if config.prompt_template_file else None
-    worker = Worker(rank, config, model, processor, template, log)
+    decoding = decoding_config(model, processor, config.repetition_penalty, config.eos_tokens)
+    info["generation"] = generation_settings(greedy(model, processor, config.max_new_tokens, decoding))
+    log.info(f"worker {rank}: generation settings in force: {json.dumps(info['generation'])}")
+    worker = Worker(rank, config, model, processor, template, log, decoding)
     timer = StageTimer(model)
     groups = {path: qs for path, qs in group_by_video(questions).items() if any(q["id"] not in done_ids for q in qs)}
     factor = processor.video_processor.patch_size * processor.video_processor.merge_size
@@ -155,11 +162,15 @@ def answer_video(worker: Worker, questions, video: VideoFrames | None, video_err
     if video_error:
         log.error(f"worker {worker.rank}: {video_error}; its {len(questions)} questions score 0")
     prompts = question_prompts(worker, questions)
-    texts = {qid: chat_text(worker.processor, prompt) for qid, prompt in prompts.items()}
+    texts = {qid: chat_text(worker.processor, prompt, config.system_prompt) for qid, prompt in prompts.items()}
     # The video's prefix is shared by the questions' texts and, when one is generated, the map's.
-    map_text = chat_text(worker.processor, COGMAP_PROMPT) if needs_generated_map(config, questions) else None
+    map_text = None
+    if needs_generated_map(config, questions):
+        map_text = chat_text(worker.processor, COGMAP_PROMPTS[config.cogmap_prompt], config.system_prompt)
     all_texts = [*texts.values(), *([map_text] if map_text else [])]
-    answer_texts, video_error = video_answerer(worker.model, worker.processor, video, video_error, all_texts, config)
+    answer_texts, video_error = video_answerer(
+        worker.model, worker.processor, video, video_error, all_texts, config, worker.decoding
+    )
     if video_error and video is not None:
         log.error(f"worker {worker.rank}: {questions[0]['video_path']}: {video_error}")
     generate_map = None
@@ -168,7 +179,7 @@ def answer_video(worker: Worker, questions, video: VideoFrames | None, video_err
     cogmaps = cognitive_maps(config, questions, generate_map)
     if config.use_cognitive_map:  # each question's map goes between the pre-prompt and the question
         prompts = question_prompts(worker, questions, cogmaps)
-        texts = {qid: chat_text(worker.processor, prompt) for qid, prompt in prompts.items()}
+        texts = {qid: chat_text(worker.processor, prompt, config.system_prompt) for qid, prompt in prompts.items()}
     if compare_positions_first and not video_error:
         log_position_comparison(worker, video, questions[0]["id"], texts[questions[0]["id"]])
 
@@ -181,7 +192,9 @@ def answer_video(worker: Worker, questions, video: VideoFrames | None, video_err
         else:
             answers = answer_batch_or_error(worker, answer_texts, batch, [texts[q["id"]] for q in batch])
         yield [
-            result_record(question, prompts[question["id"]], prediction, video, error, cogmaps[question["id"]])
+            result_record(
+                question, prompts[question["id"]], prediction, video, error, cogmaps[question["id"]], config.answer_span
+            )
             for question, (prediction, error) in zip(batch, answers, strict=True)
             if question["id"] not in done_ids
         ]
@@ -190,10 +203,14 @@ def answer_video(worker: Worker, questions, video: VideoFrames | None, video_err
 def question_prompts(worker: Worker, questions: list[dict], cogmaps: dict | None = None) -> dict[int, str]:
     """Each question's prompt text by id, with its cognitive map when `cogmaps` is given."""
     config = worker.config
-    return {
-        q["id"]: build_prompt(q, config.prompt_type, worker.template, cogmaps[q["id"]][0] if cogmaps else None)
-        for q in questions
-    }
+    prompts = {}
+    for q in questions:
+        block = ""
+        if cogmaps:
+            cogmap, source = cogmaps[q["id"]]
+            block = cogmap_block(cogmap, source, config.cogmap_insert, config.offload_cogmap)
+        prompts[q["id"]] = build_prompt(q, config.prompt_type, worker.template, block, config.prompt_format)
+    return prompts
 
 
 def log_position_comparison(worker: Worker, video: VideoFrames, question_id: int, text: str) -> None:
@@ -214,14 +231,26 @@ def answer_batch_or_error(worker: Worker, answer_texts, batch: list[dict], texts
         return [("", error)] * len(batch)
 
 
+def frame_rules(config: EvalConfig) -> FrameRules:
+    return FrameRules(
+        count=config.frame_count,
+        rounding=config.frame_index_rounding,
+        resize=config.resize,
+        min_pixels=config.min_pixels,
+        max_pixels=config.max_pixels,
+        total_pixels=config.total_pixels,
+    )
+
+
 def decoded_videos(video_paths: list[str], config: EvalConfig, factor: int):
     """Yield (path, frames or None, error or None, decode seconds) per video, decoding the next video in a
     background thread while the caller works on the current one."""
+    rules = frame_rules(config)
 
     def decode(path: str):
         tick = time.perf_counter()
         try:
-            frames = load_video(path, config.num_frames, config.fps, tuple(config.target_resolution), factor)
+            frames = load_video(path, config.num_frames, config.fps, tuple(config.target_resolution), factor, rules)
             return path, frames, None, time.perf_counter() - tick
         except VideoError as error:
             return path, None, f"{VIDEO_FAILED}: {error}", time.perf_counter() - tick
@@ -248,21 +277,23 @@ def answer_batch(generate_batch, prompts: list[str]) -> list[tuple[str, str | No
         return answer_batch(generate_batch, prompts[:half]) + answer_batch(generate_batch, prompts[half:])
 
 
-def video_answerer(model, processor, video: VideoFrames | None, video_error: str | None, texts, config):
-    """A function answering a batch of this video's chat texts, and the video's error if it has one.
+def video_answerer(model, processor, video: VideoFrames | None, video_error: str | None, texts, config, decoding=None):
+    """A function answering a batch of this video's chat texts, and the video's error if it has one; `decoding`
+    is the run's generation config (generation.decoding_config).
 
     With shared_prefix the video's encoder pass and shared prefix are computed here, once."""
     if video is None:
         return None, video_error
+    settings = {"max_new_tokens": config.max_new_tokens, "decoding": decoding}
     plain = partial(generate_plain, model, processor, video, position_fps=config.position_fps)
     prefix_text = shared_prefix_text(texts) if config.shared_prefix else None
     if prefix_text is None:
-        return partial(plain, max_new_tokens=config.max_new_tokens), None
+        return partial(plain, **settings), None
     try:
         prefix = prefill_prefix(model, processor, video, prefix_text, config.position_fps)
     except Exception as failure:
         return None, f"video prefix failed: {type(failure).__name__}: {failure}"
-    return partial(generate_from_prefix, model, processor, prefix, max_new_tokens=config.max_new_tokens), None
+    return partial(generate_from_prefix, model, processor, prefix, **settings), None
 
 
 def needs_generated_map(config: EvalConfig, questions: list[dict]) -> bool:
@@ -295,7 +326,13 @@ def cognitive_maps(config: EvalConfig, questions: list[dict], generate_map) -> d
 
 
 def result_record(
-    question: dict, prompt: str, prediction: str, video: VideoFrames | None, error: str | None, cogmap: tuple
+    question: dict,
+    prompt: str,
+    prediction: str,
+    video: VideoFrames | None,
+    error: str | None,
+    cogmap: tuple,
+    answer_span: str = "last",
 ) -> dict:
     """One line of the results: the question, what was sent, what came back, its score and provenance."""
     record = {key: question[key] for key in ("id", "dataset", "scene_name", "question_type", "question")}
@@ -304,10 +341,13 @@ def result_record(
         "ground_truth": question["ground_truth"],
         "prompt": prompt,
         "prediction": prediction,
-        "answer": extract_answer(prediction),
+        "answer": extract_answer(prediction, answer_span),
+        "answer_span": answer_span,  # which <answer> span the official score reads (none, first or last)
         "frame_indices": video.frame_indices if video else None,
         "frame_timestamps": video.timestamps if video else None,
         "video_duration": video.duration if video else None,
+        "frame_size": video.frame_size() if video else None,  # [H, W] in pixels, as given to the processor
+        "video_grid_thw": video.grid_thw if video else None,  # [t, h, w] in patches
         "cogmap_source": cogmap[1],  # generated, offloaded or none
         "cognitive_map": cogmap[0],
         "error": error,

@@ -31,6 +31,7 @@ import worker  # noqa: E402
 from config import EvalConfig  # noqa: E402
 from generation import StageTimer, chat_text, generate_plain, load_model  # noqa: E402
 from prompts import build_prompt  # noqa: E402
+from protocols import apply_protocol  # noqa: E402
 from qwen_vl_utils import load_video  # noqa: E402
 from util import group_by_video  # noqa: E402
 
@@ -131,6 +132,7 @@ def main() -> None:
             max_new_tokens=args.max_new_tokens,
             prompt_type="default",
         )
+        apply_protocol(config, "qwen2_5_vl")  # protocol none: the evaluator's defaults for the rest
         model, processor, info = load_model(str(model_dir), "cpu")
         naive = timed(run_naive, model, processor, config, questions)
         shared = timed(run_shared, model, processor, config, questions)

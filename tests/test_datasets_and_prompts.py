@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from cogmap import load_offloaded_maps, offloaded_map, parse_cognitive_map
-from prompts import build_prompt, load_prompt_template
+from prompts import build_prompt, cogmap_block, load_prompt_template
 from util import (
     DataError,
     load_questions,
@@ -160,11 +160,13 @@ def test_bad_prompt_template(tmp_path):
 def test_cognitive_map_goes_before_the_question():
     cogmap = '{"chair": [[2, 3]]}'
     intro = "Here is a cognitive_map for the video that may help you understand the space in the video:"
-    assert build_prompt(NA, "default", cognitive_map=cogmap) == (
+    block = cogmap_block(cogmap, "generated")
+    assert build_prompt(NA, "default", cogmap_block=block) == (
         f"{intro}\nCognitive Map:\n{cogmap}\nQuestion:\nHow many?\n"
         "Please answer the question using a single word or phrase."
     )
-    assert build_prompt(NA, "official", cognitive_map=cogmap).startswith(
+    assert cogmap_block(None, "none") == ""  # no map, nothing added
+    assert build_prompt(NA, "official", cogmap_block=block).startswith(
         f"These are frames of a video.\n{intro}\nCognitive Map:\n{cogmap}\nHow many?"
     )
 

@@ -41,6 +41,7 @@ class PausedRun:
         self.run_dir, self.pause_dir = run_dir, tmp_path / "pause"
         self.pause_dir.mkdir()
         self.argv = ["--demo", "--demo_dir", str(demo), "--run_dir", str(run_dir), *SMALL, *extra]
+        self.argv += ["--protocol", "none"]  # the in-process reference runs use EvalConfig()'s protocol, not __main__'s
         self.output = open(tmp_path / "stderr.txt", "w+")
         self.process = subprocess.Popen(
             [sys.executable, "eval_qwen.py", *self.argv],

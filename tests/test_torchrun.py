@@ -28,6 +28,7 @@ def test_two_ranks_stop_on_sigterm_then_resume_to_the_single_process_results(dem
     reference = read_results(demo_run("qwen2_5_vl", *SMALL))
     run_dir = tmp_path / "shared" / "run1"
     flags = ["--demo", "--demo_dir", str(demo_dirs("qwen2_5_vl")), "--run_dir", str(run_dir), *SMALL]
+    flags += ["--protocol", "none"]  # as the in-process reference run (EvalConfig()), not __main__'s protocol
 
     # a job that SLURM stops: torchrun passes SIGTERM on to its ranks, each stops with its batches kept
     pause = tmp_path / "pause"
