@@ -122,8 +122,8 @@ def test_video_filenames_leading_outside_video_dir_are_refused(tmp_path, video_f
     [
         (["--fps", "nan"], "fps: expected a number >= 0 (0: no cap), got nan"),
         (["--fps", "-1"], "fps: expected a number >= 0 (0: no cap), got -1.0"),
-        (["--position_fps", "inf"], "position_fps: expected a positive number or 'sampled', got 'inf'"),
-        (["--position_fps", "nan"], "position_fps: expected a positive number or 'sampled', got 'nan'"),
+        (["--position_fps", "inf"], "position_fps: expected a positive number, 'sampled' or 'metadata', got 'inf'"),
+        (["--position_fps", "nan"], "position_fps: expected a positive number, 'sampled' or 'metadata', got 'nan'"),
         (["--num_processes", "0"], "num_processes: must be at least 1, got 0"),
     ],
 )
