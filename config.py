@@ -31,7 +31,7 @@ class EvalConfig:
     num_frames: int = 32  # frames sampled uniformly over the whole video
     fps: float = 1.0  # > 0 caps the frame count at whole seconds × fps (Spatial-R1's rule); 0 disables
     target_resolution: list[int] = field(default_factory=lambda: [448, 448])  # frames fit inside (H, W)
-    batch_size: int = 8  # questions of one video answered together (left padding)
+    batch_size: int = 32  # most questions of one video answered together (left padding; see batch_tokens)
     shared_prefix: bool = True  # encode each video and prefill its prompt prefix once for all its questions
     max_new_tokens: int = 512
     prompt_type: Literal["default", "official", "thinking", "gemini_api", "gpt4v", "custom"] = "default"
@@ -57,6 +57,8 @@ class EvalConfig:
     demo: bool = False  # build (once) and evaluate a tiny random model on a synthetic VSI-Bench-shaped set
     demo_dir: str = "demo_data"  # where the demo's model and data live
     demo_family: Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl"] = "qwen2_5_vl"
+    decoder: Literal["hf", "fast"] = "fast"  # greedy decoding by transformers' generate or the static-cache loop
+    batch_tokens: int = 131072  # most KV-cache tokens a batch holds: rows x (video tokens + max_new_tokens)
 
 
 # What --resume may change: where and how wide the work runs, never what is computed.
@@ -102,7 +104,7 @@ def check_config(config: EvalConfig) -> None:
         raise DataError(f"target_resolution: expected two positive sizes (H W), got {config.target_resolution}")
     if config.position_fps != "sampled" and not is_positive_number(config.position_fps):
         raise DataError(f"position_fps: expected a positive number or 'sampled', got {config.position_fps!r}")
-    for name in ("num_frames", "batch_size", "max_new_tokens", "debug_size", "cogmap_max_new_tokens"):
+    for name in ("num_frames", "batch_size", "batch_tokens", "max_new_tokens", "debug_size", "cogmap_max_new_tokens"):
         if getattr(config, name) < 1:
             raise DataError(f"{name}: must be at least 1, got {getattr(config, name)}")
     if not os.path.isdir(config.video_dir):

@@ -53,7 +53,7 @@ if __name__ == "__main__":
         num_frames=32,
         fps=1.0,
         target_resolution=[448, 448],
-        batch_size=8,
+        batch_size=32,
         max_new_tokens=512,
         prompt_type="default",
         use_cognitive_map=False,
