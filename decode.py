@@ -136,6 +136,7 @@ class DecodeSlot:
         self.out = torch.zeros(rows, max_new + WARMUP_STEPS, **long)  # the tokens generated so far
         self.count = torch.zeros(1, **long)  # how many (the same for every row)
         self.done = torch.zeros(rows, dtype=torch.bool, device=device)  # has generated an end token
+        self.true = torch.ones(rows, dtype=torch.bool, device=device)  # written by index (no host scalar in a graph)
         self.eos = torch.tensor(eos or (-1,), **long)  # -1 never matches
         self.penalty = penalty
         self.cache = StaticKVCache(cache_layers, self.rows, self.write_index)
@@ -171,7 +172,7 @@ class FastDecoder:
 
     def _step(self, slot: DecodeSlot) -> None:
         """Feed each row's token, choose the next one, and advance the slot's inputs; no host synchronization."""
-        slot.valid[slot.rows, slot.write_index] = True
+        slot.valid.index_put_((slot.rows, slot.write_index), slot.true)
         hidden = self.text_model.forward(  # .forward: no module hooks, so a graph replays exactly this
             input_ids=slot.tokens,
             position_ids=slot.positions,
@@ -229,7 +230,8 @@ class FastDecoder:
         for tensor, value in zip(slot.state(), saved, strict=True):
             tensor.copy_(value)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.graph_pool):
+        # thread_local: the background threads preparing videos (pinning memory) may call CUDA meanwhile.
+        with torch.cuda.graph(graph, pool=self.graph_pool, capture_error_mode="thread_local"):
             self.step(slot)
         slot.graph = graph
 
@@ -389,7 +391,7 @@ def choose_next(slot: DecodeSlot, logits: torch.Tensor, rows=slice(None)) -> Non
     next_tokens = scores.argmax(dim=-1)  # [R]
     index = slot.rows[rows]
     if seen is not None:
-        slot.seen[index, next_tokens] = True
+        slot.seen.index_put_((index, next_tokens), slot.true[rows])
     slot.out[index, slot.count.expand_as(index)] = next_tokens
     slot.done[rows] |= (next_tokens[:, None] == slot.eos[None, :]).any(dim=1)
     slot.tokens[rows] = next_tokens[:, None]

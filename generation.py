@@ -147,7 +147,7 @@ def prefix_inputs(processor, video: VideoFrames, prefix_text: str, position_fps:
     """The processor's inputs for a video's shared prefix (CPU work: tokenizing, patchifying the frames), in
     pinned memory when `pin`, so a worker can prepare the next video's while the GPU answers this one's."""
     inputs = processor_inputs(processor, video, [prefix_text], position_fps)
-    return inputs.pin_memory() if pin else inputs
+    return {key: value.pin_memory() if pin else value for key, value in inputs.items()}
 
 
 @torch.inference_mode()
