@@ -195,7 +195,9 @@ class FastDecoder:
             capacity = need
             size = capacity * self.kv_heads * self.head_dim
             new = {"dtype": self.dtype, "device": self.device}
-            self.arena = [(torch.empty(size, **new), torch.empty(size, **new)) for _ in self.text_model.layers]
+            # Zeros, not empty: a masked slot's value still meets a zero weight (0 x NaN = NaN), so every slot must
+            # hold a finite number; later batches leave finite keys and values behind.
+            self.arena = [(torch.zeros(size, **new), torch.zeros(size, **new)) for _ in self.text_model.layers]
             self.arena_tokens = capacity
         shape, count = (rows, self.kv_heads, length, self.head_dim), need * self.kv_heads * self.head_dim
         return [(keys[:count].view(shape), values[:count].view(shape)) for keys, values in self.arena]

@@ -12,9 +12,10 @@ static-cache loop; both give the same tokens (tests/test_decode.py).
 
 import copy
 import os
+import threading
 import time
 from collections import deque
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 
@@ -89,6 +90,11 @@ def token_text(processor, tokens) -> list[str]:
     return processor.batch_decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
+def timed(timer, name: str, on_gpu: bool = True):
+    """`timer.stage(name)` (a StageTimer), or nothing when there is no timer."""
+    return timer.stage(name, on_gpu) if timer is not None else nullcontext()
+
+
 def to_device(inputs: dict, device) -> dict:
     """Processor inputs on `device`; from pinned memory the copies overlap with the GPU's work."""
     non_blocking = torch.device(device).type == "cuda"
@@ -100,19 +106,29 @@ def to_device(inputs: dict, device) -> dict:
 
 @torch.inference_mode()
 def generate_plain(
-    model, processor, video: VideoFrames, texts: list[str], position_fps: str, max_new_tokens: int, decoder=None
+    model,
+    processor,
+    video: VideoFrames,
+    texts: list[str],
+    position_fps: str,
+    max_new_tokens: int,
+    decoder=None,
+    timer=None,
 ):
     """Answers to chat texts about one video, each through the vision encoder and a full prefill; with a
-    `decoder` (decode.FastDecoder) its static-cache loop generates instead of transformers' generate."""
-    inputs = processor_inputs(processor, video, texts, position_fps)
+    `decoder` (decode.FastDecoder) its static-cache loop generates instead of transformers' generate.
+    `timer`: a StageTimer for the processor and the copies to the device."""
+    with timed(timer, "processor", on_gpu=False):
+        inputs = processor_inputs(processor, video, texts, position_fps)
     config = greedy(model, processor, max_new_tokens)
     if decoder is not None:  # positions are computed from the CPU copies, so nothing waits for the GPU
         grids = {key: inputs[key] for key in ("video_grid_thw", "second_per_grid_ts") if key in inputs}
-        vision = {key: value for key, value in inputs.items() if key not in TEXT_INPUTS}
+        with timed(timer, "host_to_device"):
+            vision = to_device({key: value for key, value in inputs.items() if key not in TEXT_INPUTS}, model.device)
         rows = [inputs[key] for key in TEXT_INPUTS]
-        tokens = decoder.generate(*rows, config, grids=grids, vision=to_device(vision, model.device))
-        return token_text(processor, tokens)
-    inputs = inputs.to(model.device)
+        return token_text(processor, decoder.generate(*rows, config, grids=grids, vision=vision))
+    with timed(timer, "host_to_device"):
+        inputs = to_device(inputs, model.device)
     model.model.rope_deltas = None  # positions come from this prompt, not an earlier one
     output = model.generate(**inputs, generation_config=config)
     return new_text(processor, output, inputs["input_ids"].shape[1])
@@ -151,14 +167,17 @@ def prefix_inputs(processor, video: VideoFrames, prefix_text: str, position_fps:
 
 
 @torch.inference_mode()
-def prefill_prefix(model, processor, video: VideoFrames, prefix_text: str, position_fps: str, inputs=None):
+def prefill_prefix(model, processor, video: VideoFrames, prefix_text: str, position_fps: str, inputs=None, timer=None):
     """Run the vision encoder and prefill the shared prefix once; keep its KV cache. `inputs`: the prefix's
-    processor inputs when already prepared (prefix_inputs)."""
+    processor inputs when already prepared (prefix_inputs); `timer`: a StageTimer."""
     if inputs is None:
-        inputs = prefix_inputs(processor, video, prefix_text, position_fps)
+        with timed(timer, "processor", on_gpu=False):
+            inputs = prefix_inputs(processor, video, prefix_text, position_fps)
+    with timed(timer, "host_to_device"):
+        on_device = to_device(inputs, model.device)
     cache = DynamicCache(config=model.config)
     model.model.rope_deltas = None
-    model(**to_device(inputs, model.device), cache=cache, use_cache=True, logits_to_keep=1)
+    model(**on_device, cache=cache, use_cache=True, logits_to_keep=1)
     keep = ("input_ids", "mm_token_type_ids", "video_grid_thw", "second_per_grid_ts")  # pixels are done with
     return VideoPrefix(prefix_text, {k: inputs[k] for k in keep if k in inputs}, cache)
 
@@ -223,20 +242,23 @@ def video_token_count(processor, video: VideoFrames) -> int:
 
 
 class StageTimer:
-    """Seconds spent in the vision encoder, in prefill (language-model passes over more than one token per row)
-    and in generation steps (one new token per row), and the number of prefill tokens (padding included).
+    """Seconds spent in the processor (CPU), host-to-device copies, the vision encoder, prefill (language-model
+    passes over more than one token per row) and generation steps (one new token per row), and the number of
+    prefill tokens (padding included).
 
-    The HF paths are measured by forward hooks on the model; the fast decoder's steps (which bypass the hooks)
-    report through `stage`. On CUDA each stage is a pair of CUDA events read when `seconds` is asked for, so
-    measuring never makes the host wait for the GPU; on the CPU it is the wall clock.
+    The model's passes are measured by forward hooks; the fast decoder's steps (which bypass the hooks) and the
+    copies report through `stage`, the processor through `stage(..., on_gpu=False)` or `add`. On CUDA a GPU
+    stage is a pair of CUDA events read when `seconds` is asked for, so measuring never makes the host wait for
+    the GPU; CPU stages and everything on a CPU device are wall-clock time.
     """
 
     def __init__(self, model):
-        self.totals = {"vision_encoder": 0.0, "prefill": 0.0, "generation": 0.0}
+        self.totals = {name: 0.0 for name in ("vision_encoder", "prefill", "generation", "processor", "host_to_device")}
         self.prefill_tokens = 0
         self._cuda = model.device.type == "cuda"
         self._pending: deque[tuple[str, object, object]] = deque()  # (stage, start, end) not yet added up
         self._open: tuple[str, object] | None = None
+        self._lock = threading.Lock()  # `add` may be called from background threads
         visual, language = model.model.visual, model.model.language_model
         self._hooks = [
             visual.register_forward_pre_hook(partial(self._start, "vision_encoder"), with_kwargs=True),
@@ -254,8 +276,17 @@ class StageTimer:
         for hook in self._hooks:
             hook.remove()
 
+    def add(self, name: str, seconds: float) -> None:
+        with self._lock:
+            self.totals[name] += seconds
+
     @contextmanager
-    def stage(self, name: str):
+    def stage(self, name: str, on_gpu: bool = True):
+        if not on_gpu:
+            started = time.perf_counter()
+            yield
+            self.add(name, time.perf_counter() - started)
+            return
         start = self._mark()
         yield
         self._pending.append((name, start, self._mark()))
@@ -279,7 +310,7 @@ class StageTimer:
                 seconds = start.elapsed_time(end) / 1000
             else:
                 break
-            self.totals[name] += seconds
+            self.add(name, seconds)
             self._pending.popleft()
 
     def _start(self, stage, module, args, kwargs):

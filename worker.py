@@ -85,6 +85,7 @@ class Worker:
     template: dict | None  # the user's prompt template, for prompt_type custom
     log: logging.Logger
     decoder: FastDecoder | None = None  # the static-cache decode loop, when config.decoder is fast and it applies
+    timer: StageTimer | None = None  # where the time goes
 
 
 def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path, log, compare_first: bool) -> None:
@@ -105,7 +106,7 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
     timer = StageTimer(model)
     decoder, info["decoder"] = choose_decoder(model, processor, config, timer)
     log.info(f"worker {rank}: decoder {info['decoder']}")
-    worker = Worker(rank, config, model, processor, template, log, decoder)
+    worker = Worker(rank, config, model, processor, template, log, decoder, timer)
     groups = {path: qs for path, qs in group_by_video(questions).items() if any(q["id"] not in done_ids for q in qs)}
     factor = processor.video_processor.patch_size * processor.video_processor.merge_size
     prepare = partial(prepare_prefix, worker, groups, threading.local(), device.startswith("cuda"))
@@ -117,6 +118,8 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
     ):
         for decoded in decoded_videos(list(groups), config, factor, prepare, threads):
             video_seconds += decoded.seconds
+            if decoded.prefix is not None:
+                timer.add("processor", decoded.prefix.seconds)
             for records in answer_video(worker, groups[decoded.path], decoded, done_ids, compare_first):
                 append_records(shard, records)
                 bar.update(len(records))
@@ -149,7 +152,15 @@ def answer_video(worker: Worker, questions, decoded: "DecodedVideo", done_ids, c
     prompts, texts, map_text = video_texts(worker, worker.processor, questions)
     all_texts = [*texts.values(), *([map_text] if map_text else [])]
     answer_texts, video_error = video_answerer(
-        worker.model, worker.processor, video, video_error, all_texts, config, worker.decoder, decoded.prefix
+        worker.model,
+        worker.processor,
+        video,
+        video_error,
+        all_texts,
+        config,
+        worker.decoder,
+        decoded.prefix,
+        worker.timer,
     )
     if video_error and video is not None:
         log.error(f"worker {worker.rank}: {questions[0]['video_path']}: {video_error}")
@@ -246,6 +257,7 @@ class DecodedVideo(NamedTuple):
 class PreparedPrefix:
     text: str  # the shared prefix these inputs are for
     inputs: dict  # prefix_inputs(...), pinned on CUDA
+    seconds: float  # the processor's time (in a background thread)
 
 
 def decoded_videos(video_paths: list[str], config: EvalConfig, factor: int, prepare=None, threads: int = 1):
@@ -283,7 +295,9 @@ def prepare_prefix(worker: Worker, groups: dict, local: threading.local, pin: bo
         text = shared_prefix_text([*texts.values(), *([map_text] if map_text else [])])
         if text is None:
             return None
-        return PreparedPrefix(text, prefix_inputs(local.processor, video, text, worker.config.position_fps, pin))
+        started = time.perf_counter()
+        inputs = prefix_inputs(local.processor, video, text, worker.config.position_fps, pin)
+        return PreparedPrefix(text, inputs, time.perf_counter() - started)
     except Exception:
         return None
 
@@ -322,21 +336,29 @@ def answer_batch(generate_batch, prompts: list[str]) -> list[tuple[str, str | No
 
 
 def video_answerer(
-    model, processor, video: VideoFrames | None, video_error: str | None, texts, config, decoder=None, prepared=None
+    model,
+    processor,
+    video: VideoFrames | None,
+    video_error: str | None,
+    texts,
+    config,
+    decoder=None,
+    prepared=None,
+    timer=None,
 ):
     """A function answering a batch of this video's chat texts, and the video's error if it has one.
 
     With shared_prefix the video's encoder pass and shared prefix are computed here, once, from the `prepared`
-    processor inputs when a background thread made them (PreparedPrefix)."""
+    processor inputs when a background thread made them (PreparedPrefix). `timer`: a StageTimer."""
     if video is None:
         return None, video_error
     plain = partial(generate_plain, model, processor, video, position_fps=config.position_fps, decoder=decoder)
     prefix_text = shared_prefix_text(texts) if config.shared_prefix else None
     if prefix_text is None:
-        return partial(plain, max_new_tokens=config.max_new_tokens), None
+        return partial(plain, max_new_tokens=config.max_new_tokens, timer=timer), None
     inputs = prepared.inputs if prepared is not None and prepared.text == prefix_text else None
     try:
-        prefix = prefill_prefix(model, processor, video, prefix_text, config.position_fps, inputs)
+        prefix = prefill_prefix(model, processor, video, prefix_text, config.position_fps, inputs, timer)
     except Exception as failure:
         return None, f"video prefix failed: {type(failure).__name__}: {failure}"
     answer = partial(generate_from_prefix, model, processor, prefix, max_new_tokens=config.max_new_tokens)

@@ -91,39 +91,36 @@ def texts_of(processor, config, questions) -> list[str]:
 # Each pipeline yields the answers of every batch it finishes ({id: text}), so a caller can time it and stop it.
 
 
-def run_naive(model, processor, config, questions, decoder):
+def run_naive(model, processor, config, questions, decoder, timer):
     """Per question: decode the video, encode it and prefill the whole prompt."""
     factor = processor.video_processor.patch_size * processor.video_processor.merge_size
     for question in questions:
         video = load_video(question["video_path"], config.num_frames, config.fps, config.target_resolution, factor)
-        texts = texts_of(processor, config, [question])
-        yield dict(
-            zip(
-                [question["id"]],
-                generate_plain(model, processor, video, texts, config.position_fps, config.max_new_tokens),
-                strict=True,
-            )
-        )
+        text = texts_of(processor, config, [question])
+        answers = generate_plain(model, processor, video, text, config.position_fps, config.max_new_tokens, None, timer)
+        yield dict(zip([question["id"]], answers, strict=True))
 
 
-def run_decode_once(model, processor, config, questions, decoder):
+def run_decode_once(model, processor, config, questions, decoder, timer):
     """Per video: decode once; per question: encode and prefill the whole prompt."""
     factor = processor.video_processor.patch_size * processor.video_processor.merge_size
     groups = group_by_video(questions)
     for decoded in worker.decoded_videos(list(groups), config, factor):
         for question in groups[decoded.path]:
             texts = texts_of(processor, config, [question])
-            answers = generate_plain(model, processor, decoded.video, texts, config.position_fps, config.max_new_tokens)
+            answers = generate_plain(
+                model, processor, decoded.video, texts, config.position_fps, config.max_new_tokens, timer=timer
+            )
             yield dict(zip([question["id"]], answers, strict=True))
 
 
-def run_shared_hf(model, processor, config, questions, decoder):
+def run_shared_hf(model, processor, config, questions, decoder, timer):
     """The evaluator before the fast decoder: decode once, shared prefix, generate(), fixed batches."""
     factor = processor.video_processor.patch_size * processor.video_processor.merge_size
     groups = group_by_video(questions)
     for decoded in worker.decoded_videos(list(groups), config, factor):
         texts = texts_of(processor, config, groups[decoded.path])
-        answer, error = worker.video_answerer(model, processor, decoded.video, None, texts, config)
+        answer, error = worker.video_answerer(model, processor, decoded.video, None, texts, config, timer=timer)
         assert error is None, error
         for start in range(0, len(texts), config.batch_size):
             batch = groups[decoded.path][start : start + config.batch_size]
@@ -131,7 +128,7 @@ def run_shared_hf(model, processor, config, questions, decoder):
             yield {q["id"]: prediction for q, (prediction, _) in zip(batch, predictions, strict=True)}
 
 
-def run_fast(model, processor, config, questions, decoder):
+def run_fast(model, processor, config, questions, decoder, timer):
     """The evaluator's worker loop now: background preparation, shared prefix, balanced batches, fast decoder."""
     defaults = EvalConfig()  # the evaluator's batching
     config = dataclasses.replace(config, batch_size=defaults.batch_size, batch_tokens=defaults.batch_tokens)
@@ -143,8 +140,10 @@ def run_fast(model, processor, config, questions, decoder):
     for decoded in worker.decoded_videos(list(groups), config, factor, prepare, threads):
         video_questions = groups[decoded.path]
         texts = texts_of(processor, config, video_questions)
+        if decoded.prefix is not None:
+            timer.add("processor", decoded.prefix.seconds)  # spent in a background thread
         answer, error = worker.video_answerer(
-            model, processor, decoded.video, None, texts, config, decoder, decoded.prefix
+            model, processor, decoded.video, None, texts, config, decoder, decoded.prefix, timer
         )
         assert error is None, error
         row_tokens = worker.video_token_count(processor, decoded.video) + config.max_new_tokens
@@ -165,7 +164,7 @@ def measure(pipeline: str, model, processor, config, questions, decoder=None, st
         decoder.timer = timer
     answers, started = {}, time.perf_counter()
     finished = started
-    batches = PIPELINES[pipeline](model, processor, config, questions, decoder)
+    batches = PIPELINES[pipeline](model, processor, config, questions, decoder, timer)
     for batch_answers in batches:
         answers |= batch_answers
         finished = time.perf_counter()
