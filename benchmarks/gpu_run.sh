@@ -43,7 +43,11 @@ echo "installing into $SITE: ${wheels:-nothing}"
 rm -rf "$SITE"
 if [ -n "$wheels" ]; then
     # shellcheck disable=SC2086
-    "$PYTHON" -m pip install --quiet --no-deps --no-index --target "$SITE" $wheels || echo "warning: pip install failed"
+    if ! "$PYTHON" -m pip install --quiet --no-deps --no-index --target "$SITE" $wheels; then
+        echo "pip install failed; unpacking the wheels instead"  # a wheel is a zip of the installed files
+        "$PYTHON" -c "import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]" \
+            "$SITE" $wheels
+    fi
 fi
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 "$PYTHON" -c "import torch, transformers, decord; print('torch', torch.__version__, 'transformers', transformers.__version__, 'decord', decord.__version__, 'cuda', torch.cuda.is_available())"
