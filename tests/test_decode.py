@@ -124,6 +124,28 @@ def test_repetition_penalty_from_the_checkpoint_is_applied(demo_dirs, monkeypatc
     assert generate_from_prefix(model, processor, prefix, batch, 12, decoder=decoder) == expected
 
 
+def test_out_of_memory_frees_the_cache_and_the_batch_is_split(demo_dirs, monkeypatch):
+    demo = demo_dirs("qwen2_5_vl")
+    model, processor, _ = load_model(str(demo / "model"), "cpu")
+    video, texts = video_and_texts(demo, processor, 1)
+    prefix = prefill_prefix(model, processor, video, shared_prefix_text(texts), "2.0")
+    expected = generate_from_prefix(model, processor, prefix, texts[:4], max_new_tokens=6)
+    decoder = FastDecoder(model)
+    prefill = decoder._prefill
+
+    def fits_two_rows(slot, input_ids, *args):
+        if input_ids.shape[0] > 2:
+            assert decoder.arena  # the cache was allocated for the big batch, and must be given back
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return prefill(slot, input_ids, *args)
+
+    monkeypatch.setattr(decoder, "_prefill", fits_two_rows)
+    answer = partial(generate_from_prefix, model, processor, prefix, max_new_tokens=6, decoder=decoder)
+    assert worker.answer_batch(answer, texts[:4]) == [(text, None) for text in expected]
+    ((rows, length),) = {key[:2] for key in decoder.slots}  # only shapes made after the memory was given back
+    assert rows == 2 and decoder.arena_tokens == 2 * length
+
+
 def test_compiled_step_gives_the_same_tokens(demo_dirs, monkeypatch):
     # torch.compile traces the very step the eager loop runs (inductor's code generation takes minutes on
     # two cores, so dynamo's own backend stands in for it here).
