@@ -1,5 +1,6 @@
 """The run's settings: the fields a user edits, the command line, their checks, resume's saved config, and
-the questions they select. Imports util, cogmap, qwen_vl_utils (and demo_assets for --demo).
+the questions they select. Imports util, cogmap, prompts, download, qwen_vl_utils, tracking (and demo_assets
+for --demo).
 """
 
 import json
@@ -11,8 +12,10 @@ from typing import Literal
 from transformers import HfArgumentParser
 
 from cogmap import load_offloaded_maps, offloaded_map
+from download import HOW_TO_GET_DATA, HUB_DATASET, ensure_vsibench
 from prompts import load_prompt_template
 from qwen_vl_utils import QWEN_VL_MODEL_TYPES
+from tracking import require_wandb
 from util import DataError, debug_subset, load_questions, select_question_types, select_subset
 
 
@@ -57,12 +60,17 @@ class EvalConfig:
     demo: bool = False  # build (once) and evaluate a tiny random model on a synthetic VSI-Bench-shaped set
     demo_dir: str = "demo_data"  # where the demo's model and data live
     demo_family: Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl"] = "qwen2_5_vl"
+    download: bool = False  # when parquet_file or video_dir is absent, fetch VSI-Bench from the Hub into data_dir
+    dataset: str | None = None  # a Hub dataset id (nyu-visionx/VSI-Bench): fetch it into data_dir and run on it
+    dataset_revision: str | None = None  # the Hub revision to fetch (default main); config.json records the commit
+    data_dir: str | None = None  # where fetched data is unzipped (default $HF_HOME/vsibench)
+    wandb_project: str | None = None  # log config, per-task scores and results to this W&B project (pip install wandb)
     decoder: Literal["hf", "fast"] = "fast"  # greedy decoding by transformers' generate or the static-cache loop
     batch_tokens: int = 131072  # most KV-cache tokens a batch holds: rows x (video tokens + max_new_tokens)
 
 
 # What --resume may change: where and how wide the work runs, never what is computed.
-RESUME_OVERRIDABLE = {"gpu_ids", "num_processes", "dist_timeout_minutes"}
+RESUME_OVERRIDABLE = {"gpu_ids", "num_processes", "dist_timeout_minutes", "wandb_project"}
 
 # What --demo sets, unless the same flag is given on the command line.
 DEMO_SETTINGS = {"num_processes": 1, "batch_size": 4, "max_new_tokens": 16, "output_dir_base": "demo_runs"}
@@ -107,8 +115,10 @@ def check_config(config: EvalConfig) -> None:
     for name in ("num_frames", "batch_size", "batch_tokens", "max_new_tokens", "debug_size", "cogmap_max_new_tokens"):
         if getattr(config, name) < 1:
             raise DataError(f"{name}: must be at least 1, got {getattr(config, name)}")
+    if config.wandb_project:
+        require_wandb()
     if not os.path.isdir(config.video_dir):
-        raise DataError(f"video_dir: {config.video_dir}: no such directory")
+        raise DataError(f"video_dir: {config.video_dir}: no such directory; {HOW_TO_GET_DATA}")
     check_model(config.model_name)
 
 
@@ -186,6 +196,22 @@ def prepare(config: EvalConfig, given: set[str]) -> tuple[EvalConfig, list[dict]
         config = resume_config(Path(config.resume), given, config)
     elif config.demo:
         config = apply_demo(config, given)
+    else:
+        locate_data(config)
     check_config(config)
     questions, selection = select_questions(config)
     return config, questions, selection
+
+
+def locate_data(config: EvalConfig) -> None:
+    """Point the config at VSI-Bench fetched from the Hub: with --dataset, or with --download when the
+    configured data is absent. The resolved revision goes into the config, so config.json records it."""
+    data_file = config.data_file or config.parquet_file
+    absent = not (os.path.isfile(data_file) and os.path.isdir(config.video_dir))
+    if not (config.dataset or (config.download and absent)):
+        if not os.path.isfile(data_file):
+            raise DataError(f"{data_file}: data file not found; {HOW_TO_GET_DATA}")
+        return
+    fetched = ensure_vsibench(config.dataset or HUB_DATASET, config.dataset_revision, config.data_dir)
+    config.parquet_file, config.data_file = str(fetched["parquet"]), None
+    config.video_dir, config.dataset_revision = str(fetched["video_dir"]), fetched["revision"]

@@ -1,6 +1,7 @@
 """The lenient answer parser, for verbose and reasoning models; the score is then the official metric.
 
-Imports vsibench_acc (metric, question kinds). The official parser there is never changed.
+Imports vsibench_acc (metric, question kinds); text2num reads numbers written in words. The official parser in
+vsibench_acc is never changed.
 
 The lenient parser, for verbose and reasoning models, reads the last <answer> span (also when its closing tag
 is missing), else the whole text, and never guesses:
@@ -11,13 +12,16 @@ is missing), else the whole text, and never guesses:
   an option label: `B. Right` or `B) Right` starting a line, `(B)`, `B)`, `**B**` (so "The answer is B. (A) is
   wrong because ..." reads B). Only the record's option letters count, and outside a whole answer only
   capitals, so the article "A" starting a sentence and the pronoun "I" are never read as answers.
-- numerical: the last number written in digits (`3`, `3.5 m`, `3m`, `1,200`) or in words up to nine
-  hundred and ninety-nine (`three`, `twenty-one`, `twenty one`, `a hundred`, `two hundred and five`).
-  Units are not converted; a number echoed from the question is not told apart (VSI-Bench questions hold none).
+- numerical: the last number stated, in digits (`3`, `3.5 m`, `3m`, `1,200`) or in words, which text2num's
+  alpha2digit turns into digits first (`three`, `twenty-one`, `a hundred`, `one thousand two hundred` -> 1200,
+  `two point five meters` -> 2.5). Ordinals (`first`, `2nd`) are not numbers stated. Units are not converted;
+  a number echoed from the question is not told apart (VSI-Bench questions hold none).
 A text that states no answer scores 0. Scoring is then the official one: letter match, mean relative accuracy.
 """
 
 import re
+
+from text_to_num import alpha2digit
 
 from vsibench_acc import is_multiple_choice, metric
 
@@ -39,17 +43,11 @@ LABEL_PATTERNS = (
     re.compile(r"\*\*([A-Z])\b"),  # "**B**", "**B. Right**"
 )
 OPTION = re.compile(r"\s*([A-Z])\s*[.):]\s*(.*)", re.DOTALL)
-UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-         "seventeen eighteen nineteen").split()  # fmt: skip
-TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
-WORD_VALUES = {word: value for value, word in enumerate(UNITS)} | {w: 20 + 10 * i for i, w in enumerate(TENS)}
-BELOW_HUNDRED = rf"(?:(?:{'|'.join(TENS)})(?:[\s-]+(?:{'|'.join(UNITS[1:10])}))?|{'|'.join(UNITS)})"
-NUMBER_IN_WORDS = re.compile(
-    rf"\b(?:(?:a|{'|'.join(UNITS[1:10])})\s+hundred(?:\s+(?:and\s+)?{BELOW_HUNDRED})?|{BELOW_HUNDRED})\b",
-    re.IGNORECASE,
+# "1,200" (thousands separators) or "3" / "3.5"; not inside a word, a longer number or a power ("scene0653", "m^2"),
+# nor an ordinal ("1st", "2nd", which alpha2digit writes for "first", "second").
+NUMBER_IN_DIGITS = re.compile(
+    r"(?<![\w.^])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!,?\d)|(?<![\w.,^])\d+(?:\.\d+)?(?!\d|(?:st|nd|rd|th)\b)"
 )
-# "1,200" (thousands separators) or "3" / "3.5"; not inside a word, a longer number or a power ("scene0653", "m^2").
-NUMBER_IN_DIGITS = re.compile(r"(?<![\w.^])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!,?\d)|(?<![\w.,^])\d+(?:\.\d+)?")
 
 
 def answer_text(prediction: str | None) -> str:
@@ -105,23 +103,11 @@ def parse_choice(text: str, options: list[str] | None) -> str | None:
     return None
 
 
-def words_to_number(words: str) -> int:
-    """'twenty-one' -> 21, 'a hundred' -> 100, 'two hundred and five' -> 205."""
-    value = 0
-    for word in re.split(r"[\s-]+", words.lower()):
-        if word == "hundred":
-            value *= 100
-        elif word != "and":
-            value += 1 if word == "a" else WORD_VALUES[word]
-    return value
-
-
 def parse_number(text: str) -> float | None:
     """The number the text states last, written in digits or words, or None when it states none."""
-    digits = [(m.start(), float(m.group().replace(",", ""))) for m in NUMBER_IN_DIGITS.finditer(text)]
-    words = [(m.start(), float(words_to_number(m.group()))) for m in NUMBER_IN_WORDS.finditer(text)]
-    mentions = digits + words
-    return max(mentions)[1] if mentions else None
+    digits = alpha2digit(text, "en", threshold=0)  # threshold 0: also "one" and "two" alone, as counts often are
+    found = NUMBER_IN_DIGITS.findall(digits)
+    return float(found[-1].replace(",", "")) if found else None
 
 
 def score_lenient(prediction: str | None, ground_truth: str, question_type: str, options: list[str] | None) -> float:

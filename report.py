@@ -1,16 +1,21 @@
-"""Reports on VSI-Bench results beyond the official table: scores under either parser, micro means, per-dataset scores,
-bootstrap intervals, run comparison, markdown tables, plots, and the `vsibench_acc.py` command line.
+"""Reports on VSI-Bench results beyond the official table: scores under either parser, micro means, questions
+per task, chance levels, per-dataset scores, bootstrap intervals, run comparison, and the `vsibench_acc.py`
+command line that prints them as tables and hands them to the plots, the lmms-eval export and wandb.
 
-Imports lenient (the lenient parser), plots (figures), vsibench_acc (the official metric, never changed) and util.
+Imports lenient (the lenient parser), tables (text, markdown, CSV), plots (figures), lmms_export (lmms-eval's
+files), tracking (wandb), vsibench_acc (the official metric, never changed) and util.
 
 Usage:
     python vsibench_acc.py RESULTS.jsonl                    # per-task table, micro mean, datasets, 95 % intervals
     python vsibench_acc.py RESULTS.jsonl --json             # one JSON object: aggregate()'s keys
-    python vsibench_acc.py RESULTS.jsonl --json --stats     # ... plus micro, datasets, ci (summarize())
+    python vsibench_acc.py RESULTS.jsonl --json --stats     # ... plus micro, task_n, chance, datasets, ci
     python vsibench_acc.py RESULTS.jsonl --parser lenient   # read answers the lenient way
     python vsibench_acc.py A.jsonl --compare B.jsonl        # B against A, paired-bootstrap intervals
-    python vsibench_acc.py RESULTS.jsonl --markdown         # Spatial-R1's published column layout
-    python vsibench_acc.py A.jsonl --compare B.jsonl --plot tasks.png
+    python vsibench_acc.py A.jsonl B.jsonl C.jsonl --markdown   # one row per run, Spatial-R1's columns
+    python vsibench_acc.py A.jsonl B.jsonl --csv --layout paper # the VSI-Bench paper's columns, as CSV
+    python vsibench_acc.py A.jsonl --compare B.jsonl --plot diff.png   # B - A per task with paired intervals
+    python vsibench_acc.py RESULTS.jsonl --export lmms_eval out/       # lmms-eval's results and samples files
+    python vsibench_acc.py RESULTS.jsonl --wandb_project P             # log to Weights & Biases
 
 Scores are recomputed from each record's raw `prediction`, so any results file can be rescored with either
 parser. A record whose `error` is set scores 0 in its task; it is never dropped from the denominator.
@@ -24,18 +29,23 @@ the scores per resample; a comparison draws the same questions for both runs (pa
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 import vsibench_acc
 from lenient import score_lenient_record
-from plots import plot_tasks
+from lmms_export import EXPORT_FORMATS, write_lmms_eval
+from plots import check_plot_path, plot_comparison, plot_scores
+from tables import LAYOUTS, distinct_labels, format_comparison, format_csv, format_markdown, format_table
+from tracking import log_run, require_wandb
 from util import MCA_QUESTION_TYPES, NA_QUESTION_TYPES, DataError, read_jsonl
-from vsibench_acc import TASKS, group_by_task, macro_mean, macro_scores, task_means
+from vsibench_acc import group_by_task, is_multiple_choice, macro_mean, macro_scores, task_means
 
 PARSERS = ("official", "lenient")
 RESAMPLES = 2000
+ROUGH_BELOW = 1000  # fewer bootstrap resamples than this give unstable 95 % intervals: say so
 REQUIRED_KEYS = ("question_type", "prediction", "ground_truth")
 
 
@@ -85,6 +95,22 @@ def dataset_breakdown(records: list[dict], parser: str = "official") -> dict[str
     return breakdown
 
 
+def task_counts(by_type: dict[str, np.ndarray]) -> dict[str, int]:
+    """The number of questions of each task."""
+    return {task: sum(len(scores) for scores in parts) for task, parts in group_by_task(by_type).items()}
+
+
+def chance_levels(records: list[dict]) -> dict[str, float]:
+    """Per multiple-choice task, the expected score of a uniformly random option, in percent: each question's
+    1 / number of options, averaged like the scores (per question type; object_rel_direction over its sub-types)."""
+    by_type: dict[str, list[float]] = {}
+    for record in records:
+        if is_multiple_choice(record["question_type"]) and record.get("options"):
+            by_type.setdefault(record["question_type"], []).append(1.0 / len(record["options"]))
+    type_means = {qtype: float(np.mean(by_type[qtype])) for qtype in sorted(by_type)}
+    return {task: 100.0 * float(value) for task, value in task_means(type_means).items()}
+
+
 # ---------------------------------------------------------------- bootstrap
 
 
@@ -115,11 +141,14 @@ def confidence_intervals(by_type: dict[str, np.ndarray], resamples: int = RESAMP
 
 
 def summarize(records: list[dict], parser: str = "official", resamples: int = RESAMPLES, seed: int = 0) -> dict:
-    """aggregate() plus the micro mean, the per-dataset breakdown and 95 % bootstrap intervals."""
+    """aggregate() plus the micro mean, the questions per task, the multiple-choice tasks' chance levels, the
+    per-dataset breakdown and 95 % bootstrap intervals."""
     by_type = scores_by_type(records, parser)
     return {
         **vsibench_acc.scores_report(records, by_type, parser),
         "micro": micro_mean(by_type),
+        "task_n": task_counts(by_type),
+        "chance": chance_levels(records),
         "datasets": dataset_breakdown(records, parser),
         "ci": confidence_intervals(by_type, resamples, seed),
         "bootstrap": {"resamples": resamples, "seed": seed},
@@ -199,85 +228,6 @@ def compare_runs(
     }
 
 
-# ---------------------------------------------------------------- tables and pictures
-
-
-def format_interval(ci: list[float], signed: bool = False) -> str:
-    sign = "+" if signed else ""
-    return f"[{ci[0]:{sign}.2f}, {ci[1]:{sign}.2f}]"
-
-
-def format_table(result: dict) -> str:
-    """The per-task table as aligned text, tasks in the published column order; with summarize()'s keys also the
-    95 % intervals, the micro mean and the per-dataset scores."""
-    width = max(len(t) for t in TASKS) + 2
-    ci = result.get("ci")
-
-    def line(label: str, value: float | None, bounds: list[float] | None = None) -> str:
-        text = f"{label:<{width}}{'-' if value is None else f'{value:.2f}':>8}"
-        return text + (f"  {format_interval(bounds)}" if bounds else "")
-
-    lines = [f"{'task':<{width}}{'score':>8}" + ("  95% CI" if ci else "")]
-    extra_tasks = [task for task in result["tasks"] if task not in TASKS]
-    shown = [task for task in TASKS if task in result["tasks"] or not extra_tasks] + extra_tasks
-    lines += [line(task, result["tasks"].get(task), ci and ci["tasks"].get(task)) for task in shown]
-    lines.append(line("Overall (macro)", result["overall"], ci and ci["overall"]))
-    if "micro" in result:
-        lines.append(line("Overall (micro)", result["micro"]))
-    if result.get("datasets"):
-        lines.append(f"{'dataset':<{width}}{'macro':>8}{'micro':>8}{'questions':>11}")
-        for name, scores in result["datasets"].items():
-            lines.append(f"{name:<{width}}{scores['overall']:>8.2f}{scores['micro']:>8.2f}{scores['n']:>11}")
-    lines.append(f"questions: {result['n']}, failed: {result['failed']}, parser: {result['parser']}")
-    if ci:
-        boot = result["bootstrap"]
-        lines.append(
-            f"95% CI: bootstrap of the questions within each type, {boot['resamples']} resamples, seed {boot['seed']}"
-        )
-    missing = [t for t in TASKS if t not in result["tasks"]]
-    if missing and not extra_tasks:
-        lines.append(f"no questions for: {', '.join(missing)} (overall is over the tasks present)")
-    return "\n".join(lines)
-
-
-def format_comparison(comparison: dict, a_name: str, b_name: str) -> str:
-    """The comparison as aligned text: per task and overall A, B, B - A, its 95 % interval and the flips."""
-    width = max(len(t) for t in TASKS) + 2
-    lines = [
-        f"A: {a_name}",
-        f"B: {b_name}",
-        f"{'task':<{width}}{'A':>8}{'B':>8}{'B-A':>8}  {'95% CI of B-A':<18}{'B>A':>6}{'B<A':>6}",
-    ]
-    rows = [*comparison["tasks"].items(), ("Overall (macro)", comparison["overall"])]
-    for label, row in rows:
-        lines.append(
-            f"{label:<{width}}{row['a']:>8.2f}{row['b']:>8.2f}{row['diff']:>+8.2f}  "
-            f"{format_interval(row['ci'], signed=True):<18}{row['b_better']:>6}{row['a_better']:>6}"
-        )
-    micro = comparison["micro"]
-    lines.append(f"{'Overall (micro)':<{width}}{micro['a']:>8.2f}{micro['b']:>8.2f}{micro['diff']:>+8.2f}")
-    boot = comparison["bootstrap"]
-    lines.append(
-        f"questions: {comparison['n']} in both runs, parser: {comparison['parser']}; paired bootstrap, "
-        f"{boot['resamples']} resamples, seed {boot['seed']}; B>A / B<A: questions scored higher in B / in A"
-    )
-    return "\n".join(lines)
-
-
-MARKDOWN_HEADER = "| Model | " + " | ".join(TASKS) + " | Overall_acc |"
-
-
-def format_markdown(rows: list[tuple[str, dict]]) -> str:
-    """A markdown table in the column layout of Spatial-R1's published table, one row per (name, aggregate())."""
-    lines = [MARKDOWN_HEADER, "|" + "---|" * (len(TASKS) + 2)]
-    for name, result in rows:
-        cells = [f"{result['tasks'][t]:.2f}" if t in result["tasks"] else "-" for t in TASKS]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {result['overall']:.2f} |")
-    parsers = ", ".join(sorted({result["parser"] for _, result in rows}))
-    lines += ["", f"Percent; Overall_acc is the macro mean of the task scores; parser: {parsers}."]
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------- command line
 
 
@@ -296,25 +246,46 @@ def read_results(path: str) -> list[dict]:
     return records
 
 
+def run_config(results_path: str) -> dict:
+    """The config.json of the run directory that holds a results file; {} when there is none (a bare file)."""
+    config_file = Path(results_path).resolve().parent / "config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 def run_names(given: list[str], paths: list[str]) -> list[str]:
-    """Each run's name in tables: the --name given for it, else the folder that holds its results file."""
+    """Each run's name in tables: the --name given for it, else its model from config.json (with as much of the
+    checkpoint path as tells the runs apart), else the folder that holds its results file."""
     if len(given) > len(paths):
         raise DataError(f"--name given {len(given)} times for {len(paths)} run(s)")
-    return [given[i] if i < len(given) else Path(path).resolve().parent.name for i, path in enumerate(paths)]
+    folders = [Path(path).resolve().parent.name for path in paths]
+    models = [str(run_config(path).get("model_name") or "").rstrip("/") for path in paths]
+    parts = [model.split("/") if model else [folder] for model, folder in zip(models, folders, strict=True)]
+    labels = distinct_labels(parts, folders)
+    return [given[i] if i < len(given) else label for i, label in enumerate(labels)]
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Score VSI-Bench results JSONL files; compare two runs.")
-    parser.add_argument("results", help="results JSONL written by eval_qwen.py (run A when comparing)")
+    parser = argparse.ArgumentParser(description="Score VSI-Bench results JSONL files; tabulate or compare runs.")
+    parser.add_argument("results", nargs="+", help="results JSONL file(s) written by eval_qwen.py (A when comparing)")
     parser.add_argument("--parser", choices=PARSERS, default="official", help="answer parser (default: official)")
     parser.add_argument("--compare", metavar="B.jsonl", help="compare this run (B) against RESULTS (A), joined on id")
     parser.add_argument("--intersect", action="store_true", help="compare only the ids both runs have")
     output = parser.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    output.add_argument("--markdown", action="store_true", help="print a markdown table (Spatial-R1's layout)")
-    parser.add_argument("--stats", action="store_true", help="with --json: add micro, datasets and ci")
-    parser.add_argument("--plot", metavar="FILE.png", help="draw per-task bars with 95%% intervals to this file")
-    parser.add_argument("--name", action="append", default=[], help="run name in tables (A, then B; default: folder)")
+    output.add_argument("--json", action="store_true", help="print JSON instead of the table (a list for N runs)")
+    output.add_argument("--markdown", action="store_true", help="print a markdown table, one row per run")
+    output.add_argument("--csv", action="store_true", help="print the same table as CSV")
+    parser.add_argument("--layout", choices=tuple(LAYOUTS), default="spatial_r1", help="columns of --markdown/--csv: "
+                        "Spatial-R1's published table (default) or the VSI-Bench paper's")  # fmt: skip
+    parser.add_argument("--stats", action="store_true", help="with --json: add micro, datasets, ci, task_n, chance")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw the scores (or B - A when comparing) to this file")
+    parser.add_argument("--export", nargs=2, metavar=("FORMAT", "DIR"), help="also write each run for another tool: "
+                        f"{', '.join(EXPORT_FORMATS)} (results JSON and per-sample JSONL)")  # fmt: skip
+    parser.add_argument("--wandb_project", metavar="P", help="also log each run to this Weights & Biases project")
+    parser.add_argument("--name", action="append", default=[], help="run name in tables, in order (default: model)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     parser.add_argument("--resamples", type=int, default=RESAMPLES, help=f"bootstrap resamples (default: {RESAMPLES})")
     return parser
@@ -325,60 +296,110 @@ def main(argv: list[str] | None = None) -> int:
     args = argument_parser.parse_args(argv)
     if args.resamples < 1:
         argument_parser.error("--resamples must be at least 1")
+    if args.compare and len(args.results) > 1:
+        argument_parser.error("--compare takes one run A: RESULTS.jsonl --compare B.jsonl")
+    if args.export and args.export[0] not in EXPORT_FORMATS:
+        argument_parser.error(f"--export: unknown format {args.export[0]!r}; choose from {', '.join(EXPORT_FORMATS)}")
     try:
-        report = compare_command(args) if args.compare else score_command(args)
+        if args.plot:
+            check_plot_path(args.plot)  # before any work, so a typo costs nothing
+        if args.wandb_project:
+            require_wandb()
+        paths = [args.results[0], args.compare] if args.compare else args.results
+        runs = [(name, path, read_results(path)) for name, path in zip(run_names(args.name, paths), paths, strict=True)]
+        text, draw = compare_command(args, runs) if args.compare else score_command(args, runs)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(report)
+    print(text)  # printed before the files below are written: a bad output path loses no report
+    if args.resamples < ROUGH_BELOW:
+        print(f"note: 95% intervals from {args.resamples} resamples are rough; use {RESAMPLES}", file=sys.stderr)
+    try:
+        if args.plot:
+            save_plot(args.plot, draw)
+        for name, path, records in runs:
+            if args.export:
+                export_run(args.export[1], path, records, args.parser)
+            if args.wandb_project:
+                track_run(args, name, path, records)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
-def score_command(args: argparse.Namespace) -> str:
-    """The report on one run."""
-    records = read_results(args.results)
-    (name,) = run_names(args.name, [args.results])
-    summary = summarize(records, args.parser, args.resamples, args.seed)
-    if args.plot:
-        save_plot(args.plot, [(name, summary)])
+def score_command(args: argparse.Namespace, runs: list[tuple[str, str, list[dict]]]) -> tuple[str, Callable]:
+    """The report on one or more runs, and the function that draws their plot."""
+    needs_stats = args.plot or args.stats or not (args.json or args.markdown or args.csv)
+    summaries = [summarize(records, args.parser, args.resamples, args.seed) for _, _, records in runs if needs_stats]
+    results = summaries or [aggregate(records, args.parser) for _, _, records in runs]
+    rows = [(name, result) for (name, _, _), result in zip(runs, results, strict=True)]
+
+    def draw(path: str) -> None:
+        plot_scores(path, list(zip([name for name, _, _ in runs], summaries, strict=True)))
+
     if args.markdown:
-        return format_markdown([(name, summary)])
+        return format_markdown(rows, args.layout), draw
+    if args.csv:
+        return format_csv(rows, args.layout), draw
     if args.json:  # without --stats exactly aggregate(), the scores eval_qwen.py writes to summary.json
-        return json.dumps(summary if args.stats else aggregate(records, args.parser))
-    return format_table(summary)
+        objects = results if args.stats else [aggregate(records, args.parser) for _, _, records in runs]
+        if len(runs) == 1:
+            return json.dumps(objects[0]), draw
+        return json.dumps([{"name": n, "file": p} | o for (n, p, _), o in zip(runs, objects, strict=True)]), draw
+    tables = [format_table(summary) for summary in summaries]
+    if len(runs) == 1:
+        return tables[0], draw
+    return "\n\n".join(f"{name} ({path})\n{table}" for (name, path, _), table in zip(runs, tables, strict=True)), draw
 
 
-def compare_command(args: argparse.Namespace) -> str:
-    """The report on run B (--compare) against run A (RESULTS)."""
-    a_all, b_all = read_results(args.results), read_results(args.compare)
+def compare_command(args: argparse.Namespace, runs: list[tuple[str, str, list[dict]]]) -> tuple[str, Callable]:
+    """The report on run B (--compare) against run A (RESULTS), and the function that draws B - A."""
+    (a_name, a_path, a_all), (b_name, b_path, b_all) = runs
     try:
-        runs = join_on_id(a_all, b_all, args.intersect)
+        joined = join_on_id(a_all, b_all, args.intersect)
     except DataError as error:
-        raise DataError(f"A {args.results}, B {args.compare}: {error}") from None
-    names = run_names(args.name, [args.results, args.compare])
-    if args.plot:
-        save_plot(
-            args.plot,
-            [(n, summarize(r, args.parser, args.resamples, args.seed)) for n, r in zip(names, runs, strict=True)],
-        )
-    if args.markdown:
-        return format_markdown([(n, aggregate(r, args.parser)) for n, r in zip(names, runs, strict=True)])
-    comparison = compare_runs(*runs, args.parser, args.resamples, args.seed)
+        raise DataError(f"A {a_path}, B {b_path}: {error}") from None
+    comparison = compare_runs(*joined, args.parser, args.resamples, args.seed)
+
+    def draw(path: str) -> None:
+        summaries = [summarize(records, args.parser, args.resamples, args.seed) for records in joined]
+        plot_comparison(path, comparison, [(a_name, summaries[0]), (b_name, summaries[1])])
+
+    if args.markdown or args.csv:
+        rows = [(a_name, aggregate(joined[0], args.parser)), (b_name, aggregate(joined[1], args.parser))]
+        return (format_markdown if args.markdown else format_csv)(rows, args.layout), draw
     if args.json:
-        header = {"names": {"a": names[0], "b": names[1]}, "files": {"a": args.results, "b": args.compare}}
-        ids_left_out = {"only_in_a": len(a_all) - len(runs[0]), "only_in_b": len(b_all) - len(runs[1])}
-        return json.dumps(header | ids_left_out | comparison)
-    return format_comparison(comparison, f"{names[0]} ({args.results})", f"{names[1]} ({args.compare})")
+        header = {"names": {"a": a_name, "b": b_name}, "files": {"a": a_path, "b": b_path}}
+        ids_left_out = {"only_in_a": len(a_all) - len(joined[0]), "only_in_b": len(b_all) - len(joined[1])}
+        return json.dumps(header | ids_left_out | comparison), draw
+    return format_comparison(comparison, f"{a_name} ({a_path})", f"{b_name} ({b_path})"), draw
 
 
-def save_plot(path: str, runs: list[tuple[str, dict]]) -> None:
+def save_plot(path: str, draw: Callable[[str], None]) -> None:
     try:
-        plot_tasks(path, runs)
+        draw(path)
     except ImportError:
         raise DataError("--plot needs matplotlib: pip install matplotlib") from None
     except OSError as error:
         raise DataError(f"{path}: cannot write the plot ({error.strerror or error})") from None
     print(f"plot: {path}", file=sys.stderr)
+
+
+def export_run(directory: str, results_path: str, records: list[dict], parser: str) -> None:
+    """Write one run in lmms-eval's format (lmms_export.write_lmms_eval) under `directory`."""
+    scores = [score_record(record, parser) for record in records]
+    config = run_config(results_path)
+    written = write_lmms_eval(directory, records, scores, aggregate(records, parser), config, results_path)
+    print(f"lmms_eval: {', '.join(written)}", file=sys.stderr)
+
+
+def track_run(args: argparse.Namespace, name: str, results_path: str, records: list[dict]) -> None:
+    """Log one run to Weights & Biases (tracking.log_run): its config, per-task scores and results table."""
+    summary = summarize(records, args.parser, args.resamples, args.seed)
+    config = run_config(results_path) | {"results_file": str(Path(results_path).resolve()), "parser": args.parser}
+    where = log_run(args.wandb_project, name, config, summary, records, Path(results_path).resolve().parent)
+    print(f"wandb: {name} logged to project {args.wandb_project} ({where})", file=sys.stderr)
 
 
 if __name__ == "__main__":

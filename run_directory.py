@@ -1,5 +1,5 @@
 """The run directory: creating it, its log, the shard files workers append to, what a resumed run finds
-there, and the end of a run (merged results, scores, summary). Imports config, report, util.
+there, and the end of a run (merged results, scores, summary, wandb). Imports config, report, tracking, util.
 
 Layout: config.json, shards/shard_{rank}.jsonl and worker_{rank}.json, vsibench_results_{prompt_type}.jsonl,
 vsibench_eval_{prompt_type}.log, summary.json.
@@ -17,6 +17,7 @@ import torch
 import transformers
 
 import report
+import tracking
 from config import EvalConfig
 from util import DataError, group_by_video, write_jsonl
 
@@ -180,6 +181,8 @@ def finish_run(config, run_dir: Path, questions, done_ids, failures: dict, elaps
     log.info(f"overall with the lenient parser (rescore: vsibench_acc.py --parser lenient): {lenient['overall']:.2f}")
     log.info(f"results: {results_path}")
     log.info(f"log: {run_dir / f'vsibench_eval_{config.prompt_type}.log'}")
+    if config.wandb_project:
+        track_run(config, run_dir, summary, records, log)
     if summary["missing"]:
         for rank, why in sorted(failures.items()):
             log.error(f"worker {rank} {why}; its shard is incomplete")
@@ -189,6 +192,17 @@ def finish_run(config, run_dir: Path, questions, done_ids, failures: dict, elaps
         )
         return 130 if "interrupted" in failures.values() else 1
     return 0
+
+
+def track_run(config: EvalConfig, run_dir: Path, summary: dict, records: list[dict], log) -> None:
+    """Log the finished run to wandb (tracking.log_run); a wandb failure is logged and loses none of the run's files."""
+    name = f"{os.path.basename(config.model_name.rstrip('/'))}/{run_dir.name}"
+    try:
+        where = tracking.log_run(config.wandb_project, name, asdict(config), summary, records, run_dir)
+    except DataError as error:
+        log.error(f"{error}; the run's own files are complete")
+        return
+    log.info(f"wandb: logged to project {config.wandb_project} ({where})")
 
 
 def score_settings(config: EvalConfig, workers: list[dict]) -> dict:

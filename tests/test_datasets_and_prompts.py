@@ -178,6 +178,12 @@ def test_cognitive_map_goes_before_the_question():
         ('{"lamp": [[2.5, 3]], "note": "none"}', {"lamp": [[2.5, 3]]}),
         ("I cannot see any objects.", None),
         ('{"chair": "somewhere"}', None),
+        # cut off by the token limit: the complete entries are kept
+        ('{"chair": [[2, 3], [4, 5]], "table": [[6, 6]], "lamp": [[1,', {"chair": [[2, 3], [4, 5]], "table": [[6, 6]]}),
+        ("{chair: [[2, 3]], tv: [[9, 9]]}", {"chair": [[2, 3]], "tv": [[9, 9]]}),  # unquoted keys
+        ("{'children's toy': [[2, 3]], 'bed': [[5, 5]]}", {"children's toy": [[2, 3]], "bed": [[5, 5]]}),
+        ('{"children\'s toy": [(2, 3)]}', {"children's toy": [[2, 3]]}),
+        ('Map: {"note": "none"} and then {"sofa": [[1, 1]]}', {"sofa": [[1, 1]]}),  # the first usable object
     ],
 )
 def test_parse_cognitive_map_tolerantly(output, expected):

@@ -1,4 +1,5 @@
-"""Averages, bootstrap intervals, comparing two runs, markdown and plots, and the command line around them."""
+"""Averages, bootstrap intervals, comparing two runs, and the command line around them (tables, plots, exports:
+test_report_outputs.py)."""
 
 import json
 
@@ -6,11 +7,9 @@ import pytest
 
 import report
 from report import (
-    MARKDOWN_HEADER,
     aggregate,
     compare_runs,
     confidence_intervals,
-    format_markdown,
     format_table,
     join_on_id,
     scores_by_type,
@@ -212,49 +211,3 @@ def test_cli_record_without_needed_keys(tmp_path, capsys):
     path = write(tmp_path / "r.jsonl", [{"id": 1, "question_type": "route_planning"}])
     assert report.main([path]) == 2
     assert "r.jsonl: record 1: missing prediction, ground_truth" in capsys.readouterr().err
-
-
-# ---------------------------------------------------------------- tables and pictures
-
-
-def test_markdown_table_exact():
-    records = [
-        rec(1, "route_planning", "A", "A"),
-        rec(2, "route_planning", "B", "A"),
-        rec(3, "object_counting", "10", "10"),
-    ]
-    expected = "\n".join(
-        [
-            "| Model | obj_appearance_order | object_abs_distance | object_counting | object_rel_distance | "
-            "object_size_estimation | room_size_estimation | route_planning | object_rel_direction | Overall_acc |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-            "| run-7 | - | - | 100.00 | - | - | - | 50.00 | - | 75.00 |",
-            "",
-            "Percent; Overall_acc is the macro mean of the task scores; parser: official.",
-        ]
-    )
-    assert format_markdown([("run-7", aggregate(records))]) == expected
-    assert expected.splitlines()[0] == MARKDOWN_HEADER
-
-
-def test_cli_markdown_names_runs_by_folder_or_name(tmp_path, capsys):
-    a = write(tmp_path / "qwen-base" / "r.jsonl", run_with(10, A_COUNTING))
-    b = write(tmp_path / "qwen-rl" / "r.jsonl", run_with(20, B_COUNTING))
-    assert report.main([a, "--compare", b, "--markdown"]) == 0
-    rows = capsys.readouterr().out.splitlines()
-    assert rows[2].startswith("| qwen-base | ") and rows[3].startswith("| qwen-rl | ")
-    assert rows[2].endswith(" | 25.00 | - | 43.33 |")  # route planning 25.00, overall (25 + 61.67) / 2
-    assert report.main([a, "--markdown", "--name", "Base (zero-shot)"]) == 0
-    assert capsys.readouterr().out.splitlines()[2].startswith("| Base (zero-shot) | ")
-
-
-@pytest.mark.parametrize("compare", [False, True])
-def test_cli_plot_writes_a_png(tmp_path, capsys, compare):
-    pytest.importorskip("matplotlib")
-    a = write(tmp_path / "a" / "r.jsonl", run_with(10, A_COUNTING))
-    b = write(tmp_path / "b" / "r.jsonl", run_with(20, B_COUNTING))
-    png = tmp_path / "tasks.png"
-    argv = [a, "--plot", str(png), "--json"] + (["--compare", b] if compare else [])
-    assert report.main(argv) == 0
-    json.loads(capsys.readouterr().out)  # stdout is still one JSON object
-    assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -85,6 +85,12 @@ def test_choice_as_models_write_it(prediction, letter):
         ("The room is about 20 m^2.", 20.0),  # the power is not a number stated
         ("<think>2 chairs, maybe 4</think><answer>3</answer>", 3.0),
         ("<think>2 chairs, maybe 4</think><answer>3 chairs", 3.0),
+        ("one thousand two hundred", 1200.0),
+        ("It is two point five meters away.", 2.5),
+        ("two", 2.0),  # small counts stand alone in words too
+        ("Three hundred and twenty-one centimeters", 321.0),
+        ("The first chair is 3 m from the door.", 3.0),  # an ordinal is not a number stated
+        ("It is the 2nd chair from the left, about 1.5 m wide.", 1.5),
         ("I cannot see any chairs clearly.", None),
         ("", None),
     ],
@@ -116,6 +122,8 @@ def test_choice_without_options_accepts_any_capital_letter():
         (na("three"), 0.0, 1.0),
         (na("about 4 meters"), 0.0, 0.4),
         (na("1,200", ground_truth="1200"), 0.0, 1.0),
+        (na("one thousand two hundred", ground_truth="1200"), 0.0, 1.0),
+        (na("two point five meters", ground_truth="2.5"), 0.0, 1.0),
         (na("no chairs visible"), 0.0, 0.0),
         (na("3", error="video missing"), 0.0, 0.0),
     ],
