@@ -40,7 +40,7 @@ class EvalConfig:
     num_frames: int | None = None  # frames sampled uniformly over the whole video (protocol: 32)
     fps: float | None = None  # > 0 caps the frame count at whole seconds × fps (Spatial-R1's rule); 0 disables
     target_resolution: list[int] | None = None  # resize fit: frames fit inside (H, W); spatial_r1: max(H, W) caps
-    batch_size: int = 8  # questions of one video answered together (left padding)
+    batch_size: int = 32  # most questions of one video answered together (left padding; see batch_tokens)
     shared_prefix: bool = True  # encode each video and prefill its prompt prefix once for all its questions
     max_new_tokens: int | None = None  # greedy decoding limit
     prompt_type: Literal["default", "official", "thinking", "gemini_api", "gpt4v", "custom"] | None = None
@@ -87,6 +87,8 @@ class EvalConfig:
     answer_span: Literal["none", "first", "last"] | None = None  # which <answer>...</answer> span is scored
     cogmap_prompt: Literal["evaluator", "spatial_r1"] | None = None  # the prompt asking for a cognitive map
     cogmap_insert: Literal["evaluator", "spatial_r1"] | None = None  # how a map enters the question
+    decoder: Literal["hf", "fast"] = "fast"  # greedy decoding by transformers' generate or the static-cache loop
+    batch_tokens: int = 131072  # most KV-cache tokens a batch holds: rows x (video tokens + max_new_tokens)
 
 
 # What --resume may change: where and how wide the work runs, never what is computed.
@@ -133,7 +135,15 @@ def check_config(config: EvalConfig) -> None:
         raise DataError(f"target_resolution: expected two positive sizes (H W), got {config.target_resolution}")
     if not (math.isfinite(config.dist_timeout_minutes) and config.dist_timeout_minutes > 0):
         raise DataError(f"dist_timeout_minutes: expected a positive number, got {config.dist_timeout_minutes}")
-    for name in ("num_frames", "batch_size", "max_new_tokens", "debug_size", "cogmap_max_new_tokens", "num_processes"):
+    for name in (
+        "num_frames",
+        "batch_size",
+        "max_new_tokens",
+        "debug_size",
+        "cogmap_max_new_tokens",
+        "num_processes",
+        "batch_tokens",
+    ):
         if getattr(config, name) < 1:
             raise DataError(f"{name}: must be at least 1, got {getattr(config, name)}")
     if config.wandb_project:

@@ -7,7 +7,6 @@ frames.
 
 import pathlib
 
-import av
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -164,6 +163,8 @@ def write_video(path, frames, fps):
 
     Deterministic: with its default lookahead (and more than one thread) this x264 gives different bytes and
     different decoded pixels on each encode of the same frames, so the lookahead is off and one thread runs."""
+    import av  # here, so that the questions above can be used where PyAV is not installed
+
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     height, width = frames.shape[1:3]
     with av.open(str(path), "w") as container:

@@ -64,7 +64,7 @@ if __name__ == "__main__":
         model_name="Qwen/Qwen2.5-VL-7B-Instruct",
         gpu_ids="0,1,2,3",
         num_processes=4,
-        batch_size=8,
+        batch_size=32,
         use_cognitive_map=False,
         offload_cogmap=False,
         cogmap_file_path=None,

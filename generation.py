@@ -1,4 +1,4 @@
-"""Qwen-VL models: loading, and greedy answers to questions about one video.
+"""Qwen-VL models: loading, and greedy answers to questions about one video. Imports qwen_vl_utils.
 
 Two paths give token-identical answers:
 - plain: each question's full prompt (chat text with the video) goes through the vision encoder and a
@@ -6,11 +6,16 @@ Two paths give token-identical answers:
 - shared prefix: the vision encoder and the prefill of the prompt prefix every question of a video shares
   (system prompt and video tokens) run once per video; each question then prefills only its own tokens,
   from a copy of the prefix's KV cache.
+Either path generates with transformers' `generate`, or, given a `decoder` (decode.FastDecoder), with its
+static-cache loop; both give the same tokens (tests/test_decode.py).
 """
 
 import copy
 import os
+import threading
 import time
+from collections import deque
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 
@@ -34,13 +39,13 @@ def load_model(
     attention = "flash_attention_2" if on_gpu and is_flash_attn_2_available() else "sdpa"
     processor = AutoProcessor.from_pretrained(model_name, trust_remote_code=trust_remote_code)
     processor.tokenizer.padding_side = "left"
-    model = AutoModelForImageTextToText.from_pretrained(
-        model_name, dtype=dtype, attn_implementation=attention, trust_remote_code=trust_remote_code
+    model = AutoModelForImageTextToText.from_pretrained(  # weights go straight to the device
+        model_name, dtype=dtype, attn_implementation=attention, trust_remote_code=trust_remote_code, device_map=device
     )
     if mrope_positions == "published":
         use_published_positions(model)
     info = {"dtype": str(dtype).removeprefix("torch."), "attention": attention, "mrope_positions": mrope_positions}
-    return model.to(device).eval(), processor, info
+    return model.eval(), processor, info
 
 
 def chat_text(processor, prompt: str, system_prompt: str = "none") -> str:
@@ -109,8 +114,23 @@ def greedy(model, processor, max_new_tokens: int, decoding: GenerationConfig | N
 
 def new_text(processor, output: torch.Tensor, prompt_length: int) -> list[str]:
     """The generated text of each row of `output` [B, prompt_length + new]."""
-    new_tokens = output[:, prompt_length:]
-    return processor.batch_decode(new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return token_text(processor, output[:, prompt_length:])
+
+
+def token_text(processor, tokens) -> list[str]:
+    """Text of each row of new tokens (a tensor [B, new] or lists), special tokens left out."""
+    return processor.batch_decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def timed(timer, name: str, on_gpu: bool = True):
+    """`timer.stage(name)` (a StageTimer), or nothing when there is no timer."""
+    return timer.stage(name, on_gpu) if timer is not None else nullcontext()
+
+
+def to_device(inputs: dict, device) -> dict:
+    """Processor inputs on `device`; from pinned memory the copies overlap with the GPU's work."""
+    non_blocking = torch.device(device).type == "cuda"
+    return {key: value.to(device, non_blocking=non_blocking) for key, value in inputs.items()}
 
 
 # ---------------------------------------------------------------- plain path
@@ -118,14 +138,37 @@ def new_text(processor, output: torch.Tensor, prompt_length: int) -> list[str]:
 
 @torch.inference_mode()
 def generate_plain(
-    model, processor, video: VideoFrames, texts: list[str], position_fps: str, max_new_tokens: int, decoding=None
+    model,
+    processor,
+    video: VideoFrames,
+    texts: list[str],
+    position_fps: str,
+    max_new_tokens: int,
+    decoding=None,
+    decoder=None,
+    timer=None,
 ):
-    """Answers to chat texts about one video, each through the vision encoder and a full prefill; `decoding` is
-    the run's generation config (decoding_config)."""
-    inputs = processor_inputs(processor, video, texts, position_fps).to(model.device)
+    """Answers to chat texts about one video, each through the vision encoder and a full prefill. `decoding`:
+    the run's generation config (decoding_config); with a `decoder` (decode.FastDecoder) its static-cache loop
+    generates instead of transformers' generate; `timer`: a StageTimer for the processor and the copies to the
+    device."""
+    with timed(timer, "processor", on_gpu=False):
+        inputs = processor_inputs(processor, video, texts, position_fps)
+    config = greedy(model, processor, max_new_tokens, decoding)
+    if decoder is not None:  # positions are computed from the CPU copies, so nothing waits for the GPU
+        grids = {key: inputs[key] for key in ("video_grid_thw", "second_per_grid_ts") if key in inputs}
+        with timed(timer, "host_to_device"):
+            vision = to_device({key: value for key, value in inputs.items() if key not in TEXT_INPUTS}, model.device)
+        rows = [inputs[key] for key in TEXT_INPUTS]
+        return token_text(processor, decoder.generate(*rows, config, grids=grids, vision=vision))
+    with timed(timer, "host_to_device"):
+        inputs = to_device(inputs, model.device)
     model.model.rope_deltas = None  # positions come from this prompt, not an earlier one
-    output = model.generate(**inputs, generation_config=greedy(model, processor, max_new_tokens, decoding))
+    output = model.generate(**inputs, generation_config=config)
     return new_text(processor, output, inputs["input_ids"].shape[1])
+
+
+TEXT_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
 
 # ---------------------------------------------------------------- shared-prefix path
@@ -136,7 +179,7 @@ class VideoPrefix:
     """The part of a video's chat texts that all its questions share, run through the model once."""
 
     text: str  # the shared chat text, ending with the video block
-    inputs: dict  # its input_ids [1, P], mm_token_type_ids [1, P], video_grid_thw [1, 3] (+ second_per_grid_ts)
+    inputs: dict  # on the CPU: input_ids [1, P], mm_token_type_ids [1, P], video_grid_thw [1, 3] (+ second_per_grid_ts)
     cache: DynamicCache  # keys and values of its P tokens
 
 
@@ -150,22 +193,36 @@ def shared_prefix_text(texts: list[str]) -> str | None:
     return common[: end + len(VISION_END)]
 
 
+def prefix_inputs(processor, video: VideoFrames, prefix_text: str, position_fps: str, pin: bool = False):
+    """The processor's inputs for a video's shared prefix (CPU work: tokenizing, patchifying the frames), in
+    pinned memory when `pin`, so a worker can prepare the next video's while the GPU answers this one's."""
+    inputs = processor_inputs(processor, video, [prefix_text], position_fps)
+    return {key: value.pin_memory() if pin else value for key, value in inputs.items()}
+
+
 @torch.inference_mode()
-def prefill_prefix(model, processor, video: VideoFrames, prefix_text: str, position_fps: str) -> VideoPrefix:
-    """Run the vision encoder and prefill the shared prefix once; keep its KV cache."""
-    inputs = processor_inputs(processor, video, [prefix_text], position_fps).to(model.device)
+def prefill_prefix(model, processor, video: VideoFrames, prefix_text: str, position_fps: str, inputs=None, timer=None):
+    """Run the vision encoder and prefill the shared prefix once; keep its KV cache. `inputs`: the prefix's
+    processor inputs when already prepared (prefix_inputs); `timer`: a StageTimer."""
+    if inputs is None:
+        with timed(timer, "processor", on_gpu=False):
+            inputs = prefix_inputs(processor, video, prefix_text, position_fps)
+    with timed(timer, "host_to_device"):
+        on_device = to_device(inputs, model.device)
     cache = DynamicCache(config=model.config)
     model.model.rope_deltas = None
-    model(**inputs, cache=cache, use_cache=True, logits_to_keep=1)
+    model(**on_device, cache=cache, use_cache=True, logits_to_keep=1)
     keep = ("input_ids", "mm_token_type_ids", "video_grid_thw", "second_per_grid_ts")  # pixels are done with
     return VideoPrefix(prefix_text, {k: inputs[k] for k in keep if k in inputs}, cache)
 
 
 @torch.inference_mode()
 def generate_from_prefix(
-    model, processor, prefix: VideoPrefix, texts: list[str], max_new_tokens: int, decoding=None
+    model, processor, prefix: VideoPrefix, texts: list[str], max_new_tokens: int, decoding=None, decoder=None
 ) -> list[str]:
-    """Answers to chat texts that start with `prefix.text`, prefilling only what follows it.
+    """Answers to chat texts that start with `prefix.text`, prefilling only what follows it. `decoding`: the
+    run's generation config; with a `decoder` (decode.FastDecoder) its static-cache loop generates instead of
+    transformers' generate.
 
     Row r of the batch is [prefix tokens | left padding | its own tokens]; the attention mask hides the
     padding, and the M-RoPE positions are computed from the whole prompt (the grids are passed for that),
@@ -180,47 +237,63 @@ def generate_from_prefix(
     device = model.device
     batch, prefix_length, own_length = len(texts), prefix.inputs["input_ids"].shape[1], max(map(len, own))
     length = prefix_length + own_length
-    input_ids = torch.full((batch, length), tokenizer.pad_token_id, dtype=torch.long, device=device)  # [B, L]
-    attention_mask = torch.zeros((batch, length), dtype=torch.long, device=device)  # [B, L]
+    input_ids = torch.full((batch, length), tokenizer.pad_token_id, dtype=torch.long)  # [B, L]
+    attention_mask = torch.zeros((batch, length), dtype=torch.long)  # [B, L]
     mm_token_type_ids = torch.zeros_like(input_ids, dtype=prefix.inputs["mm_token_type_ids"].dtype)  # [B, L]
     input_ids[:, :prefix_length] = prefix.inputs["input_ids"]
     mm_token_type_ids[:, :prefix_length] = prefix.inputs["mm_token_type_ids"]
     attention_mask[:, :prefix_length] = 1
     for row, ids in enumerate(own):
-        input_ids[row, length - len(ids) :] = torch.tensor(ids, device=device)
+        input_ids[row, length - len(ids) :] = torch.tensor(ids)
         attention_mask[row, length - len(ids) :] = 1
-
-    cache = copy.deepcopy(prefix.cache)
-    cache.batch_repeat_interleave(batch)
     grids = {"video_grid_thw": prefix.inputs["video_grid_thw"].repeat(batch, 1)}
     if "second_per_grid_ts" in prefix.inputs:
         grids["second_per_grid_ts"] = prefix.inputs["second_per_grid_ts"].repeat(batch)
+
+    config = greedy(model, processor, max_new_tokens, decoding)
+    if decoder is not None:  # positions are computed from the CPU tensors, so nothing waits for the GPU
+        tokens = decoder.generate(input_ids, attention_mask, mm_token_type_ids, config, grids, prefix.cache)
+        return token_text(processor, tokens)
+    cache = copy.deepcopy(prefix.cache)
+    cache.batch_repeat_interleave(batch)
     model.model.rope_deltas = None  # recomputed from the full prompts, not left over from the prefix pass
+    rows = {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_token_type_ids}
     output = model.generate(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        mm_token_type_ids=mm_token_type_ids,
-        cache=cache,
-        generation_config=greedy(model, processor, max_new_tokens, decoding),
-        **grids,
+        **{key: value.to(device) for key, value in (rows | grids).items()}, cache=cache, generation_config=config
     )
     return new_text(processor, output, length)
+
+
+def video_token_count(processor, video: VideoFrames) -> int:
+    """How many video tokens the model sees for these frames (temporal grids x merged patches)."""
+    video_processor = processor.video_processor
+    frames, height, width = video.frames.shape[:3]
+    grids = -(-frames // video_processor.temporal_patch_size)
+    merged_patch = video_processor.patch_size * video_processor.merge_size
+    return grids * (height // merged_patch) * (width // merged_patch)
 
 
 # ---------------------------------------------------------------- where the time goes
 
 
 class StageTimer:
-    """Seconds spent in the vision encoder, in prefill (language-model passes over more than one token per
-    row) and in generation steps (one new token per row), and the number of prefill tokens (padding included),
-    measured by forward hooks on the model, so both paths are measured the same way."""
+    """Seconds spent in the processor (CPU), host-to-device copies, the vision encoder, prefill (language-model
+    passes over more than one token per row) and generation steps (one new token per row), and the number of
+    prefill tokens (padding included).
+
+    The model's passes are measured by forward hooks; the fast decoder's steps (which bypass the hooks) and the
+    copies report through `stage`, the processor through `stage(..., on_gpu=False)` or `add`. On CUDA a GPU
+    stage is a pair of CUDA events read when `seconds` is asked for, so measuring never makes the host wait for
+    the GPU; CPU stages and everything on a CPU device are wall-clock time.
+    """
 
     def __init__(self, model):
-        self.seconds = {"vision_encoder": 0.0, "prefill": 0.0, "generation": 0.0}
+        self.totals = {name: 0.0 for name in ("vision_encoder", "prefill", "generation", "processor", "host_to_device")}
         self.prefill_tokens = 0
-        self._sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
-        self._started = 0.0
-        self._stage = "vision_encoder"
+        self._cuda = model.device.type == "cuda"
+        self._pending: deque[tuple[str, object, object]] = deque()  # (stage, start, end) not yet added up
+        self._open: tuple[str, object] | None = None
+        self._lock = threading.Lock()  # `add` may be called from background threads
         visual, language = model.model.visual, model.model.language_model
         self._hooks = [
             visual.register_forward_pre_hook(partial(self._start, "vision_encoder"), with_kwargs=True),
@@ -229,13 +302,54 @@ class StageTimer:
             language.register_forward_hook(self._stop, with_kwargs=True),
         ]
 
+    @property
+    def seconds(self) -> dict[str, float]:
+        self._add_up(wait=True)
+        return dict(self.totals)
+
     def remove(self):
         for hook in self._hooks:
             hook.remove()
 
+    def add(self, name: str, seconds: float) -> None:
+        with self._lock:
+            self.totals[name] += seconds
+
+    @contextmanager
+    def stage(self, name: str, on_gpu: bool = True):
+        if not on_gpu:
+            started = time.perf_counter()
+            yield
+            self.add(name, time.perf_counter() - started)
+            return
+        start = self._mark()
+        yield
+        self._pending.append((name, start, self._mark()))
+        self._add_up(wait=False)
+
+    def _mark(self):
+        if not self._cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def _add_up(self, wait: bool) -> None:
+        """Add the finished stages to the totals (all of them, waiting for the GPU, when `wait`)."""
+        while self._pending:
+            name, start, end = self._pending[0]
+            if not self._cuda:
+                seconds = end - start
+            elif wait or end.query():
+                end.synchronize()
+                seconds = start.elapsed_time(end) / 1000
+            else:
+                break
+            self.add(name, seconds)
+            self._pending.popleft()
+
     def _start(self, stage, module, args, kwargs):
-        self._sync()
-        self._stage, self._started = stage, time.perf_counter()
+        self._open = (stage, self._mark())
 
     def _start_language(self, module, args, kwargs):
         embeds = kwargs.get("inputs_embeds")  # [B, T, D]
@@ -245,5 +359,6 @@ class StageTimer:
         self._start("prefill" if new_tokens > 1 else "generation", module, args, kwargs)
 
     def _stop(self, module, args, kwargs, output):
-        self._sync()
-        self.seconds[self._stage] += time.perf_counter() - self._started
+        stage, start = self._open
+        self._pending.append((stage, start, self._mark()))
+        self._add_up(wait=False)

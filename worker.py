@@ -1,19 +1,24 @@
 """One worker's job: answer a shard of questions video by video (decode -> prompts -> answers -> records),
-appending each finished batch to its shard file. Imports generation, qwen_vl_utils, prompts, cogmap,
-report, run_directory, run_files, stopping, config.
+appending each finished batch to its shard file. The CPU's work for the next videos (decoding, resizing, the
+processor's patches) runs in background threads while the model answers the current one. Imports generation,
+decode, qwen_vl_utils, prompts, cogmap, report, run_directory, run_files, stopping, config.
 """
 
+import copy
 import json
 import logging
 import os
 import platform
 import signal
 import sys
+import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import transformers
@@ -22,6 +27,7 @@ from tqdm import tqdm
 import report
 from cogmap import COGMAP_PROMPTS, format_cognitive_map, parse_cognitive_map
 from config import EvalConfig
+from decode import FastDecoder, unsupported_reason
 from generation import (
     StageTimer,
     chat_text,
@@ -32,8 +38,10 @@ from generation import (
     greedy,
     load_model,
     prefill_prefix,
+    prefix_inputs,
     processor_inputs,
     shared_prefix_text,
+    video_token_count,
 )
 from prompts import build_prompt, cogmap_block, load_prompt_template
 from qwen_vl_utils import FrameRules, VideoError, VideoFrames, compare_positions, load_video
@@ -100,6 +108,8 @@ class Worker:
     template: dict | None  # the user's prompt template, for prompt_type custom
     log: logging.Logger
     decoding: object  # the generation config in force (generation.decoding_config)
+    decoder: FastDecoder | None = None  # the static-cache decode loop, when config.decoder is fast and it applies
+    timer: StageTimer | None = None  # where the time goes
 
 
 def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path, log, compare_first: bool) -> None:
@@ -120,25 +130,33 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
     decoding = decoding_config(model, processor, config.repetition_penalty, config.eos_tokens)
     info["generation"] = generation_settings(greedy(model, processor, config.max_new_tokens, decoding))
     log.info(f"worker {rank}: generation settings in force: {json.dumps(info['generation'])}")
-    worker = Worker(rank, config, model, processor, template, log, decoding)
     timer = StageTimer(model)
+    decoder, info["decoder"] = choose_decoder(model, processor, config, decoding, timer)
+    log.info(f"worker {rank}: decoder {info['decoder']}")
+    worker = Worker(rank, config, model, processor, template, log, decoding, decoder, timer)
     groups = {path: qs for path, qs in group_by_video(questions).items() if any(q["id"] not in done_ids for q in qs)}
     factor = processor.video_processor.patch_size * processor.video_processor.merge_size
+    prepare = partial(prepare_prefix, worker, groups, threading.local(), device.startswith("cuda"))
+    threads = video_threads(device, config)
     video_seconds = 0.0
     with (
         ShardFile(run_dir / "shards" / f"shard_{rank}.jsonl") as shard,
         tqdm(total=len(todo), desc=f"worker {rank} ({device})", unit="q", position=rank, dynamic_ncols=True) as bar,
     ):
-        for video_path, video, video_error, decode_seconds in decoded_videos(list(groups), config, factor):
-            video_seconds += decode_seconds
-            for records in answer_video(worker, groups[video_path], video, video_error, done_ids, compare_first):
+        for decoded in decoded_videos(list(groups), config, factor, prepare, threads):
+            video_seconds += decoded.seconds
+            if decoded.prefix is not None:
+                timer.add("processor", decoded.prefix.seconds)
+            for records in answer_video(worker, groups[decoded.path], decoded, done_ids, compare_first):
                 if parent_gone():  # never append for a parent that is gone: a resume may own the run now
                     raise Interrupted(signal.SIGTERM)
                 shard.append(records)  # one write per batch: a crash loses at most the batch in flight
                 pause_after_first_flush(rank)
                 bar.update(len(records))
-            compare_first = compare_first and video is None  # the first video that decodes is compared
+            compare_first = compare_first and decoded.video is None  # the first video that decodes is compared
 
+    if decoder is not None and decoder.graph_failure:
+        log.warning(f"worker {rank}: CUDA graphs turned off, decoding eagerly: {decoder.graph_failure}")
     elapsed = time.perf_counter() - started
     seconds = {"video_decoding": video_seconds, **timer.seconds, "total": elapsed}
     report = {"rank": rank, "device": device_name, "questions": len(todo), "videos": len(groups), **info}
@@ -152,24 +170,28 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
     )
 
 
-def answer_video(worker: Worker, questions, video: VideoFrames | None, video_error, done_ids, compare_positions_first):
+def answer_video(worker: Worker, questions, decoded: "DecodedVideo", done_ids, compare_positions_first):
     """Yield the records of each finished batch of one video's questions (a failed video gives error records).
 
-    Batches are the same fixed chunks of the video's questions in every run, so a resumed run skips the
-    batches already written and recomputes a torn one whole: results equal those of an uninterrupted run.
+    The batches (question_batches) are the same in every run, so a resumed run skips the batches already
+    written and recomputes a torn one whole: results equal those of an uninterrupted run.
     """
-    config, log = worker.config, worker.log
+    config, log, video, video_error = worker.config, worker.log, decoded.video, decoded.error
     if video_error:
         log.error(f"worker {worker.rank}: {video_error}; its {len(questions)} questions score 0")
-    prompts = question_prompts(worker, questions)
-    texts = {qid: chat_text(worker.processor, prompt, config.system_prompt) for qid, prompt in prompts.items()}
-    # The video's prefix is shared by the questions' texts and, when one is generated, the map's.
-    map_text = None
-    if needs_generated_map(config, questions):
-        map_text = chat_text(worker.processor, COGMAP_PROMPTS[config.cogmap_prompt], config.system_prompt)
+    prompts, texts, map_text = video_texts(worker, worker.processor, questions)
     all_texts = [*texts.values(), *([map_text] if map_text else [])]
     answer_texts, video_error = video_answerer(
-        worker.model, worker.processor, video, video_error, all_texts, config, worker.decoding
+        worker.model,
+        worker.processor,
+        video,
+        video_error,
+        all_texts,
+        config,
+        worker.decoding,
+        worker.decoder,
+        decoded.prefix,
+        worker.timer,
     )
     if video_error and video is not None:
         log.error(f"worker {worker.rank}: {questions[0]['video_path']}: {video_error}")
@@ -183,8 +205,9 @@ def answer_video(worker: Worker, questions, video: VideoFrames | None, video_err
     if compare_positions_first and not video_error:
         log_position_comparison(worker, video, questions[0]["id"], texts[questions[0]["id"]])
 
-    for start in range(0, len(questions), config.batch_size):
-        batch = questions[start : start + config.batch_size]
+    row_tokens = video_token_count(worker.processor, video) + config.max_new_tokens if video is not None else None
+    for rows in question_batches(len(questions), config.batch_size, config.batch_tokens, row_tokens):
+        batch = questions[rows.start : rows.stop]
         if all(q["id"] in done_ids for q in batch):
             continue
         if video_error:
@@ -198,6 +221,29 @@ def answer_video(worker: Worker, questions, video: VideoFrames | None, video_err
             for question, (prediction, error) in zip(batch, answers, strict=True)
             if question["id"] not in done_ids
         ]
+
+
+def question_batches(count: int, batch_size: int, batch_tokens: int, row_tokens: int | None) -> list[range]:
+    """The batches of a video's `count` questions: as few as `batch_size` rows and `batch_tokens` cache tokens
+    (rows x `row_tokens`, when known) allow, in order, their sizes differing by at most one (no small tail).
+    They depend only on the video and the settings, so every run forms the same ones (resume relies on it)."""
+    most = batch_size if row_tokens is None else max(1, min(batch_size, batch_tokens // row_tokens))
+    batches = -(-count // most)
+    size, larger = divmod(count, batches) if count else (0, 0)
+    starts = [b * size + min(b, larger) for b in range(batches + 1)]
+    return [range(starts[b], starts[b + 1]) for b in range(batches)]
+
+
+def video_texts(worker: Worker, processor, questions: list[dict]):
+    """The prompts and chat texts of a video's questions, and the chat text of its map when one is generated."""
+    config = worker.config
+    prompts = question_prompts(worker, questions)
+    texts = {qid: chat_text(processor, prompt, config.system_prompt) for qid, prompt in prompts.items()}
+    # The video's prefix is shared by the questions' texts and, when one is generated, the map's.
+    map_text = None
+    if needs_generated_map(config, questions):
+        map_text = chat_text(processor, COGMAP_PROMPTS[config.cogmap_prompt], config.system_prompt)
+    return prompts, texts, map_text
 
 
 def question_prompts(worker: Worker, questions: list[dict], cogmaps: dict | None = None) -> dict[int, str]:
@@ -242,25 +288,83 @@ def frame_rules(config: EvalConfig) -> FrameRules:
     )
 
 
-def decoded_videos(video_paths: list[str], config: EvalConfig, factor: int):
-    """Yield (path, frames or None, error or None, decode seconds) per video, decoding the next video in a
-    background thread while the caller works on the current one."""
+class DecodedVideo(NamedTuple):
+    path: str
+    video: VideoFrames | None  # None when it failed
+    error: str | None
+    seconds: float  # decoding and resizing
+    prefix: object = None  # the prepared processor inputs of its shared prefix (PreparedPrefix), if any
+
+
+@dataclass
+class PreparedPrefix:
+    text: str  # the shared prefix these inputs are for
+    inputs: dict  # prefix_inputs(...), pinned on CUDA
+    seconds: float  # the processor's time (in a background thread)
+
+
+def decoded_videos(video_paths: list[str], config: EvalConfig, factor: int, prepare=None, threads: int = 1):
+    """Yield a DecodedVideo per video, in order, while background threads decode (and `prepare(path, frames)`,
+    e.g. patchify) the next `threads` videos."""
+
     rules = frame_rules(config)
 
-    def decode(path: str):
+    def decode(path: str) -> DecodedVideo:
         tick = time.perf_counter()
         try:
             frames = load_video(path, config.num_frames, config.fps, tuple(config.target_resolution), factor, rules)
-            return path, frames, None, time.perf_counter() - tick
         except VideoError as error:
-            return path, None, f"{VIDEO_FAILED}: {error}", time.perf_counter() - tick
+            return DecodedVideo(path, None, f"{VIDEO_FAILED}: {error}", time.perf_counter() - tick)
+        seconds = time.perf_counter() - tick
+        return DecodedVideo(path, frames, None, seconds, prepare(path, frames) if prepare else None)
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(decode, video_paths[0]) if video_paths else None
-        for next_path in [*video_paths[1:], None]:
-            current = pending.result()
-            pending = pool.submit(decode, next_path) if next_path else None
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending = deque(pool.submit(decode, path) for path in video_paths[:threads])
+        for next_path in [*video_paths[threads:], *[None] * len(pending)]:
+            current = pending.popleft().result()
+            if next_path:
+                pending.append(pool.submit(decode, next_path))
             yield current
+
+
+def prepare_prefix(worker: Worker, groups: dict, local: threading.local, pin: bool, path: str, video: VideoFrames):
+    """In a background thread: the processor inputs of a video's shared prefix (tokens and pixel patches), with
+    the thread's own copy of the processor (the tokenizer keeps per-call settings). None when not shared or when
+    it fails (the main thread then computes them itself, and meets the error there)."""
+    if not worker.config.shared_prefix:
+        return None
+    if not hasattr(local, "processor"):
+        local.processor = copy.deepcopy(worker.processor)
+    try:
+        _, texts, map_text = video_texts(worker, local.processor, groups[path])
+        text = shared_prefix_text([*texts.values(), *([map_text] if map_text else [])])
+        if text is None:
+            return None
+        started = time.perf_counter()
+        inputs = prefix_inputs(local.processor, video, text, worker.config.position_fps, pin)
+        return PreparedPrefix(text, inputs, time.perf_counter() - started)
+    except Exception:
+        return None
+
+
+def video_threads(device: str, config: EvalConfig) -> int:
+    """Background threads preparing videos: one on the CPU (the model needs the cores); on a GPU enough to keep
+    it fed (a video's CPU work can take longer than its GPU work), within this worker's share of the cores."""
+    if not device.startswith("cuda"):
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, cores // max(1, config.num_processes) - 1))
+
+
+def choose_decoder(model, processor, config: EvalConfig, decoding, timer) -> tuple[FastDecoder | None, str]:
+    """The fast decoder when the config asks for it and it applies to this model and these settings
+    (`decoding`: the run's generation config)."""
+    if config.decoder != "fast":
+        return None, "hf"
+    reason = unsupported_reason(model, greedy(model, processor, config.max_new_tokens, decoding))
+    if reason:
+        return None, f"hf (fast not used: {reason})"
+    return FastDecoder(model, timer=timer), "fast"
 
 
 def answer_batch(generate_batch, prompts: list[str]) -> list[tuple[str, str | None]]:
@@ -277,20 +381,33 @@ def answer_batch(generate_batch, prompts: list[str]) -> list[tuple[str, str | No
         return answer_batch(generate_batch, prompts[:half]) + answer_batch(generate_batch, prompts[half:])
 
 
-def video_answerer(model, processor, video: VideoFrames | None, video_error: str | None, texts, config, decoding=None):
+def video_answerer(
+    model,
+    processor,
+    video: VideoFrames | None,
+    video_error: str | None,
+    texts,
+    config,
+    decoding=None,
+    decoder=None,
+    prepared=None,
+    timer=None,
+):
     """A function answering a batch of this video's chat texts, and the video's error if it has one; `decoding`
-    is the run's generation config (generation.decoding_config).
+    is the run's generation config (generation.decoding_config), `decoder` the fast decode loop when it applies.
 
-    With shared_prefix the video's encoder pass and shared prefix are computed here, once."""
+    With shared_prefix the video's encoder pass and shared prefix are computed here, once, from the `prepared`
+    processor inputs when a background thread made them (PreparedPrefix). `timer`: a StageTimer."""
     if video is None:
         return None, video_error
-    settings = {"max_new_tokens": config.max_new_tokens, "decoding": decoding}
+    settings = {"max_new_tokens": config.max_new_tokens, "decoding": decoding, "decoder": decoder}
     plain = partial(generate_plain, model, processor, video, position_fps=config.position_fps)
     prefix_text = shared_prefix_text(texts) if config.shared_prefix else None
     if prefix_text is None:
-        return partial(plain, **settings), None
+        return partial(plain, **settings, timer=timer), None
+    inputs = prepared.inputs if prepared is not None and prepared.text == prefix_text else None
     try:
-        prefix = prefill_prefix(model, processor, video, prefix_text, config.position_fps)
+        prefix = prefill_prefix(model, processor, video, prefix_text, config.position_fps, inputs, timer)
     except Exception as failure:
         return None, f"video prefix failed: {type(failure).__name__}: {failure}"
     return partial(generate_from_prefix, model, processor, prefix, **settings), None
