@@ -24,6 +24,7 @@ from generation import (
     shared_prefix_text,
 )
 from prompts import build_prompt
+from protocols import apply_protocol
 from qwen_vl_utils import load_video
 from util import group_by_video, load_questions
 
@@ -196,7 +197,8 @@ def test_background_threads_prepare_videos_in_order(demo_dirs, monkeypatch):
     questions = load_questions(str(demo / "vsibench" / "test.parquet"), str(demo / "vsibench"))
     groups = group_by_video(questions)
     config = worker.EvalConfig(num_frames=32, fps=1.0, target_resolution=[448, 448], prompt_type="official")
-    state = worker.Worker(0, config, model, processor, None, None)
+    apply_protocol(config, "qwen2_5_vl")  # protocol none: every other setting its default
+    state = worker.Worker(0, config, model, processor, None, None, None)
     prepare = partial(worker.prepare_prefix, state, groups, worker.threading.local(), False)
     decoded = list(worker.decoded_videos(list(groups), config, 28, prepare, threads=3))
     assert [d.path for d in decoded] == list(groups)
