@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from qwen_vl_utils import VideoError, VideoFrames, fit_resolution, load_video, sample_frame_indices
+from qwen_vl_utils import VideoError, VideoFrames, fit_resolution, load_video, resize_frame, sample_frame_indices
 
 
 def test_uniform_over_whole_video_first_and_last_included():
@@ -105,3 +106,26 @@ def test_frame_spacing(indices, avg_fps, seconds):
     frames = np.zeros((len(indices), 28, 28, 3), dtype=np.uint8)
     video = VideoFrames(frames, indices, [i / avg_fps for i in indices], 10.0, avg_fps, 100)
     assert video.frame_spacing() == pytest.approx(seconds)
+
+
+def test_metadata_of_sampled_frames():
+    frames = np.zeros((2, 28, 56, 3), dtype=np.uint8)  # [T, H, W, 3]
+    video = VideoFrames(frames, [0, 9], [0.0, 0.9], 1.0, 10.0, 10)
+    assert video.metadata() == {
+        "total_num_frames": 10,
+        "fps": 10.0,
+        "frames_indices": [0, 9],
+        "duration": 1.0,
+        "height": 28,
+        "width": 56,
+    }
+
+
+def test_frames_are_resized_with_lanczos():
+    frame = np.random.default_rng(0).integers(0, 256, size=(60, 80, 3), dtype=np.uint8)
+    resized = resize_frame(frame, 28, 42)
+    assert resized.shape == (28, 42, 3)
+    lanczos = np.asarray(Image.fromarray(frame).resize((42, 28), Image.Resampling.LANCZOS))
+    bicubic = np.asarray(Image.fromarray(frame).resize((42, 28), Image.Resampling.BICUBIC))
+    assert np.array_equal(resized, lanczos) and not np.array_equal(resized, bicubic)
+    assert resize_frame(frame, 60, 80) is frame  # already the right size: untouched
