@@ -130,6 +130,23 @@ def test_published_positions_replace_the_models_own_for_images_and_videos():
     assert torch.equal(theirs[0], ours[0]) and torch.equal(theirs[1], ours[1])
 
 
+@pytest.mark.parametrize(
+    "kinds, vision, message",
+    [
+        ("T VV T VV T", {"video_grid_thw": torch.tensor([[2, 2, 2]])}, "more video blocks than video_grid_thw"),
+        ("T II T II T", {"image_grid_thw": torch.tensor([[1, 2, 4]])}, "more image blocks than image_grid_thw"),
+        (
+            "T VVV T",
+            {"video_grid_thw": torch.tensor([[2, 2, 2]])},
+            r"a block of 3 video tokens, but its grid \[2, 2, 2\] makes 2",
+        ),
+    ],
+)
+def test_prompts_that_do_not_match_their_grids_are_refused(kinds, vision, message):
+    with pytest.raises(ValueError, match=message):
+        published(tiny_model("qwen2_vl"), prompt(kinds), **vision)
+
+
 def test_short_video_qwen2_vl():
     # Two temporal grids of 2 x 2 tokens: Qwen2-VL's temporal index is the grid index.
     inputs = prompt("TT VVVVVVVV T")
