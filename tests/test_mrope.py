@@ -147,6 +147,16 @@ def test_prompts_that_do_not_match_their_grids_are_refused(kinds, vision, messag
         published(tiny_model("qwen2_vl"), prompt(kinds), **vision)
 
 
+def test_positions_without_an_attention_mask_count_every_token():
+    inputs = {key: value for key, value in prompt("TTT IIIIII TT").items() if key != "attention_mask"}
+    positions, deltas = mrope_position_ids(
+        tiny_model("qwen2_vl").config, inputs["input_ids"], inputs["mm_token_type_ids"], None, torch.tensor([[1, 4, 6]])
+    )
+    assert positions[0, 0].tolist() == [0, 1, 2, 3, 3, 3, 3, 3, 3, 6, 7] and deltas.tolist() == [[8 - 11]]
+    with pytest.raises(ValueError, match="M-RoPE positions for 'llama': expected one of"):
+        mrope_position_ids(transformers.LlamaConfig(), inputs["input_ids"], inputs["mm_token_type_ids"])
+
+
 def test_short_video_qwen2_vl():
     # Two temporal grids of 2 x 2 tokens: Qwen2-VL's temporal index is the grid index.
     inputs = prompt("TT VVVVVVVV T")
