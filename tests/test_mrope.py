@@ -153,6 +153,7 @@ def test_positions_without_an_attention_mask_count_every_token():
         tiny_model("qwen2_vl").config, inputs["input_ids"], inputs["mm_token_type_ids"], None, torch.tensor([[1, 4, 6]])
     )
     assert positions[0, 0].tolist() == [0, 1, 2, 3, 3, 3, 3, 3, 3, 6, 7] and deltas.tolist() == [[8 - 11]]
+    assert deltas.dtype == torch.long  # integer deltas, as transformers keeps them
     with pytest.raises(ValueError, match="M-RoPE positions for 'llama': expected one of"):
         mrope_position_ids(transformers.LlamaConfig(), inputs["input_ids"], inputs["mm_token_type_ids"])
 
