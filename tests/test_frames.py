@@ -2,8 +2,10 @@
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from qwen_vl_utils import VideoError, VideoFrames, fit_resolution, load_video, sample_frame_indices
+from demo_data import write_video
+from qwen_vl_utils import VideoError, VideoFrames, fit_resolution, load_video, resize_frame, sample_frame_indices
 
 
 def test_uniform_over_whole_video_first_and_last_included():
@@ -76,7 +78,7 @@ def test_missing_and_empty_videos_name_the_file(tmp_path):
 def test_undecodable_video_names_the_file(tmp_path):
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"\x00\x01not a video" * 100)
-    with pytest.raises(VideoError, match="junk.mp4: cannot decode"):
+    with pytest.raises(VideoError, match=r"junk.mp4: cannot decode video \(RuntimeError: Error reading "):
         load_video(str(junk), 8, 1.0, (448, 448), 28)
 
 
@@ -105,3 +107,36 @@ def test_frame_spacing(indices, avg_fps, seconds):
     frames = np.zeros((len(indices), 28, 28, 3), dtype=np.uint8)
     video = VideoFrames(frames, indices, [i / avg_fps for i in indices], 10.0, avg_fps, 100)
     assert video.frame_spacing() == pytest.approx(seconds)
+
+
+def test_metadata_of_sampled_frames():
+    frames = np.zeros((2, 28, 56, 3), dtype=np.uint8)  # [T, H, W, 3]
+    video = VideoFrames(frames, [0, 9], [0.0, 0.9], 1.0, 10.0, 10)
+    assert video.metadata() == {
+        "total_num_frames": 10,
+        "fps": 10.0,
+        "frames_indices": [0, 9],
+        "duration": 1.0,
+        "height": 28,
+        "width": 56,
+    }
+
+
+def test_frames_are_resized_with_lanczos():
+    frame = np.random.default_rng(0).integers(0, 256, size=(60, 80, 3), dtype=np.uint8)
+    resized = resize_frame(frame, 28, 42)
+    assert resized.shape == (28, 42, 3)
+    lanczos = np.asarray(Image.fromarray(frame).resize((42, 28), Image.Resampling.LANCZOS))
+    bicubic = np.asarray(Image.fromarray(frame).resize((42, 28), Image.Resampling.BICUBIC))
+    assert np.array_equal(resized, lanczos) and not np.array_equal(resized, bicubic)
+    assert resize_frame(frame, 60, 80) is frame  # already the right size: untouched
+
+
+def test_short_and_slow_videos_decode_with_their_times(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 256, size=(4, 56, 56, 3), dtype=np.uint8)
+    write_video(tmp_path / "one.mp4", frames[:1], fps=1)  # a single frame at 1 fps
+    video = load_video(str(tmp_path / "one.mp4"), 8, 0, (448, 448), 28)
+    assert (video.total_frames, video.avg_fps, video.frame_indices, video.duration) == (1, 1.0, [0], 1.0)
+    write_video(tmp_path / "three.mp4", frames, fps=3)  # 4 frames at 3 fps: times rounded to milliseconds
+    video = load_video(str(tmp_path / "three.mp4"), 8, 0, (448, 448), 28)
+    assert video.timestamps == [0.0, 0.333, 0.667, 1.0] and video.duration == 1.333

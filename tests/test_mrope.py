@@ -98,6 +98,66 @@ def test_image(family):
     assert torch.equal(positions, transformers_rule(model, inputs, image_grid_thw=torch.tensor([[1, 4, 6]]))[0])
 
 
+def test_qwen2_5_vl_video_without_a_time_code_takes_one_second_per_grid():
+    # No second_per_grid_ts: 1.0 s per temporal grid, 2 tokens per second, so temporal indices 0 and 2 from the
+    # start 1 (one merged token per grid), and the text after starts at 3 + 1 = 4.
+    positions, _ = published(
+        tiny_model("qwen2_5_vl", tokens_per_second=2), prompt("T VV T"), video_grid_thw=torch.tensor([[2, 2, 2]])
+    )
+    assert positions[:, 0].tolist() == [[0, 1, 3, 4], [0, 1, 1, 4], [0, 1, 1, 4]]
+
+
+def test_qwen3_vl_two_videos_each_grid_its_own_block():
+    # Qwen3-VL writes each temporal grid as its own block between timestamp texts: 2 grids of the first video,
+    # 1 of the second, one merged token each; every block and text continues at max + 1.
+    inputs = prompt("T V T V T V T")
+    positions, _ = published(tiny_model("qwen3_vl"), inputs, video_grid_thw=torch.tensor([[2, 2, 2], [1, 2, 2]]))
+    assert positions[:, 0].tolist() == [list(range(7))] * 3
+
+
+def test_published_positions_replace_the_models_own_for_images_and_videos():
+    model = use_published_positions(tiny_model("qwen2_5_vl", tokens_per_second=2))
+    inputs = prompt("TT II T VVVV T")  # a 2 x 4 patch image (1 x 2 merged tokens), then a 2-grid video
+    vision = {
+        "image_grid_thw": torch.tensor([[1, 2, 4]]),
+        "video_grid_thw": torch.tensor([[2, 2, 4]]),
+        "second_per_grid_ts": torch.tensor([3.0]),
+    }
+    theirs = model.model.get_rope_index(
+        inputs["input_ids"], inputs["mm_token_type_ids"], attention_mask=inputs["attention_mask"], **vision
+    )
+    ours = published(model, inputs, **vision)
+    assert torch.equal(theirs[0], ours[0]) and torch.equal(theirs[1], ours[1])
+
+
+@pytest.mark.parametrize(
+    "kinds, vision, message",
+    [
+        ("T VV T VV T", {"video_grid_thw": torch.tensor([[2, 2, 2]])}, "more video blocks than video_grid_thw"),
+        ("T II T II T", {"image_grid_thw": torch.tensor([[1, 2, 4]])}, "more image blocks than image_grid_thw"),
+        (
+            "T VVV T",
+            {"video_grid_thw": torch.tensor([[2, 2, 2]])},
+            r"a block of 3 video tokens, but its grid \[2, 2, 2\] makes 2",
+        ),
+    ],
+)
+def test_prompts_that_do_not_match_their_grids_are_refused(kinds, vision, message):
+    with pytest.raises(ValueError, match=message):
+        published(tiny_model("qwen2_vl"), prompt(kinds), **vision)
+
+
+def test_positions_without_an_attention_mask_count_every_token():
+    inputs = {key: value for key, value in prompt("TTT IIIIII TT").items() if key != "attention_mask"}
+    positions, deltas = mrope_position_ids(
+        tiny_model("qwen2_vl").config, inputs["input_ids"], inputs["mm_token_type_ids"], None, torch.tensor([[1, 4, 6]])
+    )
+    assert positions[0, 0].tolist() == [0, 1, 2, 3, 3, 3, 3, 3, 3, 6, 7] and deltas.tolist() == [[8 - 11]]
+    assert deltas.dtype == torch.long  # integer deltas, as transformers keeps them
+    with pytest.raises(ValueError, match="M-RoPE positions for 'llama': expected one of"):
+        mrope_position_ids(transformers.LlamaConfig(), inputs["input_ids"], inputs["mm_token_type_ids"])
+
+
 def test_short_video_qwen2_vl():
     # Two temporal grids of 2 x 2 tokens: Qwen2-VL's temporal index is the grid index.
     inputs = prompt("TT VVVVVVVV T")
