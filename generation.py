@@ -109,6 +109,7 @@ def greedy(model, processor, max_new_tokens: int, decoding: GenerationConfig | N
     """`decoding` (by default the checkpoint's settings made greedy) with this call's token limit."""
     config = copy.deepcopy(decoding if decoding is not None else decoding_config(model, processor))
     config.max_new_tokens = max_new_tokens
+    config.max_length = None  # max_new_tokens decides; a leftover default of 20 only draws generate()'s warning
     return config
 
 

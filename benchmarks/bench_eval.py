@@ -95,10 +95,13 @@ def texts_of(processor, config, questions) -> list[str]:
 def run_naive(model, processor, config, questions, decoder, timer):
     """Per question: decode the video, encode it and prefill the whole prompt."""
     factor = processor.video_processor.patch_size * processor.video_processor.merge_size
+    rules = worker.frame_rules(config)
     for question in questions:
-        video = load_video(question["video_path"], config.num_frames, config.fps, config.target_resolution, factor)
+        video = load_video(
+            question["video_path"], config.num_frames, config.fps, config.target_resolution, factor, rules
+        )
         text = texts_of(processor, config, [question])
-        answers = generate_plain(model, processor, video, text, config.position_fps, config.max_new_tokens, None, timer)
+        answers = generate_plain(model, processor, video, text, config.position_fps, config.max_new_tokens, timer=timer)
         yield dict(zip([question["id"]], answers, strict=True))
 
 
@@ -135,7 +138,7 @@ def run_fast(model, processor, config, questions, decoder, timer):
     config = dataclasses.replace(config, batch_size=defaults.batch_size, batch_tokens=defaults.batch_tokens)
     factor = processor.video_processor.patch_size * processor.video_processor.merge_size
     groups = group_by_video(questions)
-    state = worker.Worker(0, config, model, processor, None, None, decoder)
+    state = worker.Worker(0, config, model, processor, template=None, log=None, decoding=None, decoder=decoder)
     prepare = partial(worker.prepare_prefix, state, groups, threading.local(), model.device.type == "cuda")
     threads = worker.video_threads(model.device.type, config)
     for decoded in worker.decoded_videos(list(groups), config, factor, prepare, threads):
@@ -144,7 +147,7 @@ def run_fast(model, processor, config, questions, decoder, timer):
         if decoded.prefix is not None:
             timer.add("processor", decoded.prefix.seconds)  # spent in a background thread
         answer, error = worker.video_answerer(
-            model, processor, decoded.video, None, texts, config, decoder, decoded.prefix, timer
+            model, processor, decoded.video, None, texts, config, decoder=decoder, prepared=decoded.prefix, timer=timer
         )
         assert error is None, error
         row_tokens = worker.video_token_count(processor, decoded.video) + config.max_new_tokens

@@ -49,6 +49,7 @@ import tiny_models  # noqa: E402
 from config import EvalConfig  # noqa: E402
 from decode import FastDecoder, unsupported_reason  # noqa: E402
 from generation import greedy  # noqa: E402
+from protocols import apply_protocol  # noqa: E402
 from qwen_vl_utils import use_published_positions  # noqa: E402
 
 # Qwen/Qwen2.5-VL-7B-Instruct's config.json (the special token ids come from the local tokenizer instead).
@@ -269,6 +270,7 @@ def run_scenario(name, spec, model, processor, questions, decoders: dict, deadli
         max_new_tokens=spec["new_tokens"],
         prompt_type="default",
     )
+    apply_protocol(config, "qwen2_5_vl")  # protocol none: the evaluator's defaults for the rest
     result = {"new_tokens": spec["new_tokens"], "questions": len(questions), "pipelines": {}}
     compiled = ["fast_compiled"] if name == "long" and "fast_compiled" in decoders else []
     for pipeline in [*PIPELINE_ORDER[name], *compiled]:
@@ -323,6 +325,7 @@ def warm_up(model, processor, questions, decoder, device) -> dict:
     """First calls pay one-off costs (CUDA kernels and libraries, graph capture): each pipeline answers a few
     short questions before the clock runs."""
     config = EvalConfig(num_frames=32, fps=0, target_resolution=[448, 448], batch_size=8, max_new_tokens=4)
+    apply_protocol(config, "qwen2_5_vl")
     seconds = {}
     for pipeline, count in (("fast", 18), ("shared_hf", 8), ("naive", 1)):
         started = time.perf_counter()

@@ -25,6 +25,8 @@ NEEDS = {
     "regex": ">=2025.10.22",
     "decord": ">=0.6.0",
     "nvidia_ml_py": ">=12",
+    "json_repair": "==0.64.6",
+    "text2num": "==3.1.0",
     "torchvision": "",  # any installed one
 }
 chosen = []
