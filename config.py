@@ -56,7 +56,7 @@ class EvalConfig:
     dist_timeout_minutes: float = 720  # torchrun: how long ranks wait for each other before giving up
     demo: bool = False  # build (once) and evaluate a tiny random model on a synthetic VSI-Bench-shaped set
     demo_dir: str = "demo_data"  # where the demo's model and data live
-    demo_family: Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl"] = "qwen2_5_vl"
+    demo_family: Literal[QWEN_VL_MODEL_TYPES] = "qwen2_5_vl"  # the demo checkpoint's family: any accepted model type
 
 
 # What --resume may change: where and how wide the work runs, never what is computed.

@@ -8,7 +8,6 @@ Two paths give token-identical answers:
   from a copy of the prefix's KV cache.
 """
 
-import copy
 import os
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, DynamicCache, GenerationConfig
 from transformers.utils import is_flash_attn_2_available
 
+from prefix_cache import batch_cache
 from qwen_vl_utils import VideoFrames, use_published_positions
 
 VIDEO_PAD, VISION_END = "<|video_pad|>", "<|vision_end|>"
@@ -132,7 +132,9 @@ def generate_from_prefix(model, processor, prefix: VideoPrefix, texts: list[str]
 
     Row r of the batch is [prefix tokens | left padding | its own tokens]; the attention mask hides the
     padding, and the M-RoPE positions are computed from the whole prompt (the grids are passed for that),
-    so every row sees exactly the tokens and positions of the plain path.
+    so every row sees exactly the tokens and positions of the plain path. Linear-attention layers (Qwen3.5,
+    Qwen4-Exp) would fold the padding into their state, so there each row's own tokens are prefilled without
+    padding first (prefix_cache.batch_cache).
     """
     tokenizer = processor.tokenizer
     own = []
@@ -153,11 +155,10 @@ def generate_from_prefix(model, processor, prefix: VideoPrefix, texts: list[str]
         input_ids[row, length - len(ids) :] = torch.tensor(ids, device=device)
         attention_mask[row, length - len(ids) :] = 1
 
-    cache = copy.deepcopy(prefix.cache)
-    cache.batch_repeat_interleave(batch)
     grids = {"video_grid_thw": prefix.inputs["video_grid_thw"].repeat(batch, 1)}
     if "second_per_grid_ts" in prefix.inputs:
         grids["second_per_grid_ts"] = prefix.inputs["second_per_grid_ts"].repeat(batch)
+    cache = batch_cache(model, prefix.cache, prefix.inputs, own, grids)
     model.model.rope_deltas = None  # recomputed from the full prompts, not left over from the prefix pass
     output = model.generate(
         input_ids=input_ids,

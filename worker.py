@@ -1,6 +1,6 @@
 """One worker's job: answer a shard of questions video by video (decode -> prompts -> answers -> records),
-appending each finished batch to its shard file. Imports generation, qwen_vl_utils, prompts, cogmap,
-report, run_directory, config.
+appending each finished batch to its shard file. Imports generation, prefix_cache, qwen_vl_utils, prompts,
+cogmap, report, run_directory, config.
 """
 
 import json
@@ -10,7 +10,7 @@ import platform
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from generation import (
     processor_inputs,
     shared_prefix_text,
 )
+from prefix_cache import prefix_reuse_problem
 from prompts import build_prompt, load_prompt_template
 from qwen_vl_utils import VideoError, VideoFrames, compare_positions, load_video
 from run_directory import VIDEO_FAILED, setup_logging
@@ -91,6 +92,10 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
         f"M-RoPE positions {info['mrope_positions']}, "
         f"model loaded in {time.perf_counter() - started:.1f}s"
     )
+    problem = prefix_reuse_problem(model) if config.shared_prefix else None
+    if problem:  # the plain path gives the answers the shared prefix would, only slower
+        log.warning(f"worker {rank}: shared prefix off for this model: {problem}; every question takes the plain path")
+        config = replace(config, shared_prefix=False)
     template = load_prompt_template(config.prompt_template_file) if config.prompt_template_file else None
     worker = Worker(rank, config, model, processor, template, log)
     timer = StageTimer(model)

@@ -1,9 +1,11 @@
 """Benchmark: the usual per-question pipeline against the evaluator's per-video pipeline, in one process.
 
     python benchmarks/bench_eval.py [--videos 4] [--questions_per_video 18] [--width 256] [--layers 4]
+                                    [--family qwen2_5_vl]
 
 Builds a VSI-Bench-shaped synthetic workload (videos x questions, 32 frames each at 448x336) and a
-random-weight Qwen2.5-VL model whose text part is big enough that prefill dominates on a CPU, then answers
+random-weight model of the family (Qwen2.5-VL by default) whose text part is big enough that prefill dominates
+on a CPU, then answers
 every question twice:
 - naive: as the original Spatial-R1 script and lmms-eval do: per question, decode the video, run the
   vision encoder and prefill the whole prompt;
@@ -115,13 +117,14 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4, help="text model layers")
     parser.add_argument("--batch_size", type=int, default=1, help="questions per batch in the shared pipeline")
     parser.add_argument("--max_new_tokens", type=int, default=4)
+    parser.add_argument("--family", default="qwen2_5_vl", choices=tiny_models.FAMILIES, help="model family")
     args = parser.parse_args()
 
     torch.manual_seed(0)
     transformers.utils.logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model_dir = tiny_models.build_tiny_checkpoint(tmp / "model", "qwen2_5_vl", width=args.width, layers=args.layers)
+        model_dir = tiny_models.build_tiny_checkpoint(tmp / "model", args.family, width=args.width, layers=args.layers)
         questions = build_workload(tmp / "videos", args.videos, args.questions_per_video)
         config = EvalConfig(
             num_frames=32,
@@ -149,7 +152,7 @@ def main() -> None:
         "prefill_token_ratio": round(naive["timer"].prefill_tokens / shared["timer"].prefill_tokens, 2),
         "naive_stage_seconds": {k: round(v, 2) for k, v in naive["timer"].seconds.items()},
         "shared_stage_seconds": {k: round(v, 2) for k, v in shared["timer"].seconds.items()},
-        "model": f"random Qwen2.5-VL, text width {args.width}, {args.layers} layers",
+        "model": f"random {args.family}, text width {args.width}, {args.layers} layers",
         "dtype": info["dtype"],
         "attention": info["attention"],
         "device": "cpu",

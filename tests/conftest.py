@@ -1,6 +1,7 @@
 """Shared fixtures: demo assets built once per test session, and a runner for eval_qwen.main."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,13 +12,17 @@ from demo_assets import ensure_demo
 
 @pytest.fixture(scope="session")
 def demo_dirs(tmp_path_factory):
-    """Demo assets (tiny checkpoint + synthetic VSI-Bench set) per model family, built on first use."""
+    """Demo assets (tiny checkpoint + synthetic VSI-Bench set) per model family, built on first use; the data
+    set is built once and copied. Every test that needs a family's tiny checkpoint uses its model/ folder."""
     built = {}
 
     def get(family: str) -> Path:
         if family not in built:
-            built[family] = tmp_path_factory.mktemp(f"demo_{family}")
-            ensure_demo(built[family], family=family)
+            demo = tmp_path_factory.mktemp(f"demo_{family}")
+            if built:  # another family's data set: the same files
+                shutil.copytree(next(iter(built.values())) / "vsibench", demo / "vsibench")
+            ensure_demo(demo, family=family)
+            built[family] = demo
         return built[family]
 
     return get
