@@ -159,7 +159,6 @@ FAMILY_SPECS = {
         "vision": QWEN3_VL_VISION,
     },
 }
-assert set(FAMILY_SPECS) == set(FAMILIES), "a tiny checkpoint for every accepted family"
 
 # VSI-Bench prompt lines (official and Spatial-R1's), so the tokenizer learns the words the evaluator sends.
 PROMPT_LINES = (
@@ -283,8 +282,8 @@ def build_processor(family, tokenizer):
 
 
 def build_model(family, tokenizer, seed, width=64, layers=2):
-    """A text model of `layers` layers and `width` channels (heads of HEAD_DIM) and a two-block vision tower,
-    with random weights, the same for the same seed."""
+    """A text model of `layers` layers and `width` channels (width / HEAD_DIM heads, of the family's head_dim) and a
+    two-block vision tower, with random weights, the same for the same seed."""
     spec = FAMILY_SPECS[family]
     ids = tokenizer.convert_tokens_to_ids
     if spec.get("hybrid"):  # linear attention in all layers but the last (the real models: three of every four)

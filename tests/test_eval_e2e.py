@@ -11,7 +11,9 @@ import pytest
 from conftest import read_results, run_eval
 
 import report
+import tiny_models
 from config import EvalConfig, parse_config
+from demo_data import DEMO_SCENES
 from prompts import build_prompt
 from util import debug_subset, load_questions
 
@@ -22,10 +24,20 @@ RECORD_KEYS = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+# The later families run on a seeded half of the demo set (every video keeps some questions), to keep the suite short.
+HALF = ("--debug_mode", "true", "--debug_size", "20", "--seed", "0")
+FAMILY_RUN = {"qwen2_vl": (), "qwen2_5_vl": (), "qwen3_vl": ()}
+LINEAR_ATTENTION = ["qwen3_5", "qwen3_5_moe", "qwen4_exp"]
+
+
+@pytest.mark.parametrize("family", tiny_models.FAMILIES)
 def test_each_family_runs_end_to_end(family, demo_dirs, demo_run):
-    run_dir = demo_run(family)
+    extra = FAMILY_RUN.get(family, HALF)
+    run_dir = demo_run(family, *extra)
     questions = load_questions(str(demo_dirs(family) / "vsibench" / "test.parquet"), "unused")
+    if extra:
+        questions = debug_subset(questions, 20, 0)
+        assert {q["scene_name"] for q in questions} == {scene for _, scene, *_ in DEMO_SCENES}
     records = read_results(run_dir)
     assert [r["id"] for r in records] == [q["id"] for q in questions]  # one line per question, sorted by id
     for record, question in zip(records, questions, strict=True):
@@ -135,6 +147,15 @@ def test_position_rule_is_logged_recorded_and_changes_generations(demo_run):
     for run_dir, rule in ((published_dir, "published"), (library_dir, "transformers")):
         settings = json.loads((run_dir / "summary.json").read_text())["settings"]
         assert settings["mrope_positions"] == rule and settings["position_fps"] == "2.0"
+
+
+@pytest.mark.parametrize("family", LINEAR_ATTENTION)
+def test_linear_attention_families_give_the_same_run_with_and_without_the_shared_prefix(family, demo_run):
+    shared_dir, plain_dir = demo_run(family, *HALF), demo_run(family, *HALF, "--shared_prefix", "false")
+    assert read_results(shared_dir) == read_results(plain_dir)
+    log = (shared_dir / "vsibench_eval_default.log").read_text()
+    assert "shared prefix off" not in log
+    assert "M-RoPE positions agree with the published rule" in log
 
 
 def test_shared_prefix_and_plain_paths_give_the_same_run(demo_run):

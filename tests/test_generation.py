@@ -98,8 +98,9 @@ def test_a_tie_is_the_only_excuse_for_different_answers():
         assert_same_answers(["A B"], ["A C"], logits, shared)
 
 
-def test_shared_prefix_also_matches_with_transformers_positions(demo_dirs):
-    demo = demo_dirs("qwen2_5_vl")
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_5"])
+def test_shared_prefix_also_matches_with_transformers_positions(demo_dirs, family):
+    demo = demo_dirs(family)
     model, processor, _ = load_model(str(demo / "model"), "cpu", mrope_positions="transformers")
     video, texts = video_and_texts(demo, processor, 0)
     prefix = prefill_prefix(model, processor, video, shared_prefix_text(texts), "2.0")
