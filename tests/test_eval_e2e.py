@@ -27,7 +27,6 @@ RECORD_KEYS = {
 # The later families run on a seeded half of the demo set (every video keeps some questions), to keep the suite short.
 HALF = ("--debug_mode", "true", "--debug_size", "20", "--seed", "0")
 FAMILY_RUN = {"qwen2_vl": (), "qwen2_5_vl": (), "qwen3_vl": ()}
-LINEAR_ATTENTION = ["qwen3_5", "qwen3_5_moe", "qwen4_exp"]
 
 
 @pytest.mark.parametrize("family", tiny_models.FAMILIES)
@@ -149,9 +148,9 @@ def test_position_rule_is_logged_recorded_and_changes_generations(demo_run):
         assert settings["mrope_positions"] == rule and settings["position_fps"] == "2.0"
 
 
-@pytest.mark.parametrize("family", LINEAR_ATTENTION)
-def test_linear_attention_families_give_the_same_run_with_and_without_the_shared_prefix(family, demo_run):
-    shared_dir, plain_dir = demo_run(family, *HALF), demo_run(family, *HALF, "--shared_prefix", "false")
+def test_a_linear_attention_family_gives_the_same_run_with_and_without_the_shared_prefix(demo_run):
+    # Qwen3.5's run here; test_generation compares the two paths for every family at batch sizes 1 and 4.
+    shared_dir, plain_dir = demo_run("qwen3_5", *HALF), demo_run("qwen3_5", *HALF, "--shared_prefix", "false")
     assert read_results(shared_dir) == read_results(plain_dir)
     log = (shared_dir / "vsibench_eval_default.log").read_text()
     assert "shared prefix off" not in log

@@ -64,6 +64,11 @@ def assert_same_answers(plain, shared, plain_logits, shared_logits):
         assert best - second < TIE, f"row {row}: {shared_answer!r} parts from {plain_answer!r} without a tie"
 
 
+# Qwen4-Exp's indexer (transformers' reference code) loops over every prompt token in Python, so its test takes
+# the first 4 questions of each video (still rows of different lengths in a batch); the others take all 10.
+QUESTIONS_PER_VIDEO = {"qwen4_exp": 4}
+
+
 @pytest.mark.parametrize("family", tiny_models.FAMILIES)
 @pytest.mark.parametrize("batch_size", [1, 4])
 def test_shared_prefix_is_token_identical_to_plain(demo_dirs, family, batch_size):
@@ -73,6 +78,7 @@ def test_shared_prefix_is_token_identical_to_plain(demo_dirs, family, batch_size
     step_logits = keep_step_logits(model)
     for video_number in (0, 1):  # a 36 s video (32 frames) and an 8 s one (8 frames)
         video, texts = video_and_texts(demo, processor, video_number)
+        texts = texts[: QUESTIONS_PER_VIDEO.get(family)]
         prefix = prefill_prefix(model, processor, video, shared_prefix_text(texts), "2.0")
         for start in range(0, len(texts), batch_size):
             batch = texts[start : start + batch_size]
@@ -98,11 +104,11 @@ def test_a_tie_is_the_only_excuse_for_different_answers():
         assert_same_answers(["A B"], ["A C"], logits, shared)
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_5"])
-def test_shared_prefix_also_matches_with_transformers_positions(demo_dirs, family):
+@pytest.mark.parametrize("family, video_number", [("qwen2_5_vl", 0), ("qwen3_5", 1)])
+def test_shared_prefix_also_matches_with_transformers_positions(demo_dirs, family, video_number):
     demo = demo_dirs(family)
     model, processor, _ = load_model(str(demo / "model"), "cpu", mrope_positions="transformers")
-    video, texts = video_and_texts(demo, processor, 0)
+    video, texts = video_and_texts(demo, processor, video_number)
     prefix = prefill_prefix(model, processor, video, shared_prefix_text(texts), "2.0")
     plain = generate_plain(model, processor, video, texts[:4], position_fps="2.0", max_new_tokens=6)
     assert generate_from_prefix(model, processor, prefix, texts[:4], max_new_tokens=6) == plain
