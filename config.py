@@ -65,7 +65,7 @@ class EvalConfig:
     dist_timeout_minutes: float = 720  # torchrun: how long ranks wait for each other before giving up
     demo: bool = False  # build (once) and evaluate a tiny random model on a synthetic VSI-Bench-shaped set
     demo_dir: str = "demo_data"  # where the demo's model and data live
-    demo_family: Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl"] = "qwen2_5_vl"
+    demo_family: Literal[QWEN_VL_MODEL_TYPES] = "qwen2_5_vl"  # the demo checkpoint's family: any accepted model type
     download: bool = False  # when parquet_file or video_dir is absent, fetch VSI-Bench from the Hub into data_dir
     dataset: str | None = None  # a Hub dataset id (nyu-visionx/VSI-Bench): fetch it into data_dir and run on it
     dataset_revision: str | None = None  # the Hub revision to fetch (default main); config.json records the commit

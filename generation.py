@@ -23,6 +23,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, DynamicCache, GenerationConfig
 from transformers.utils import is_flash_attn_2_available
 
+from prefix_cache import batch_cache
 from qwen_vl_utils import VideoFrames, use_published_positions
 
 VIDEO_PAD, VISION_END = "<|video_pad|>", "<|vision_end|>"
@@ -227,7 +228,9 @@ def generate_from_prefix(
 
     Row r of the batch is [prefix tokens | left padding | its own tokens]; the attention mask hides the
     padding, and the M-RoPE positions are computed from the whole prompt (the grids are passed for that),
-    so every row sees exactly the tokens and positions of the plain path.
+    so every row sees exactly the tokens and positions of the plain path. Linear-attention layers (Qwen3.5,
+    Qwen4-Exp) would fold the padding into their state, so there each row's own tokens are prefilled without
+    padding first (prefix_cache.batch_cache).
     """
     tokenizer = processor.tokenizer
     own = []
@@ -255,8 +258,7 @@ def generate_from_prefix(
     if decoder is not None:  # positions are computed from the CPU tensors, so nothing waits for the GPU
         tokens = decoder.generate(input_ids, attention_mask, mm_token_type_ids, config, grids, prefix.cache)
         return token_text(processor, tokens)
-    cache = copy.deepcopy(prefix.cache)
-    cache.batch_repeat_interleave(batch)
+    cache = batch_cache(model, prefix.cache, prefix.inputs, own, grids)
     model.model.rope_deltas = None  # recomputed from the full prompts, not left over from the prefix pass
     rows = {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_token_type_ids}
     output = model.generate(

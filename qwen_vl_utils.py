@@ -220,21 +220,26 @@ def resize_frame(frame: np.ndarray, height: int, width: int, resample=Image.Resa
 
 TEXT, IMAGE, VIDEO = 0, 1, 2  # the values of mm_token_type_ids
 
-QWEN_VL_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+# The model types (config.json's model_type) the evaluator accepts: every Qwen-VL family of transformers 5.24. The
+# Qwen3-VL-style ones write each temporal grid of a video as its own block after a timestamp text. The Omni models'
+# thinkers, which AutoModelForImageTextToText loads too, take audio, with other processors and position rules, and
+# are not among them.
+FRAME_BLOCK_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "qwen4_exp")
+QWEN_VL_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", *FRAME_BLOCK_MODEL_TYPES)
 
 
 def vision_blocks(config, image_grid_thw, video_grid_thw, second_per_grid_ts) -> dict:
     """Per modality, an iterator over the batch's vision blocks in prompt order: (grid_thw, seconds per
     temporal grid), grid_thw a list [t, h, w] in patches.
 
-    Qwen3-VL writes each temporal grid of a video as its own block between timestamp texts, so its video
-    grids are split into blocks of one temporal grid each.
+    The Qwen3-VL-style families (FRAME_BLOCK_MODEL_TYPES) write each temporal grid of a video as its own block
+    between timestamp texts, so their video grids are split into blocks of one temporal grid each.
     """
     images = [(grid, None) for grid in image_grid_thw.tolist()] if image_grid_thw is not None else []
     videos = []
     for k, (t, h, w) in enumerate(video_grid_thw.tolist() if video_grid_thw is not None else []):
         seconds_per_grid = second_per_grid_ts[k] if second_per_grid_ts is not None else 1.0
-        if config.model_type.startswith("qwen3_vl"):
+        if config.model_type in FRAME_BLOCK_MODEL_TYPES:
             videos += [([1, h, w], seconds_per_grid)] * t
         else:
             videos.append(([t, h, w], seconds_per_grid))
@@ -248,7 +253,7 @@ def temporal_indices(config, modality, num_grids, seconds_per_grid) -> torch.Ten
         # Time in units of 1 / tokens_per_second: floor(i × seconds_per_grid × tokens_per_second), multiplied
         # left to right in float32 and truncated, as the Qwen code does.
         return (grids * seconds_per_grid * config.vision_config.tokens_per_second).long()
-    return grids  # Qwen2-VL counts grids; an image or a Qwen3-VL video block has one grid, index 0
+    return grids  # Qwen2-VL counts grids; an image or a Qwen3-VL-style video block has one grid, index 0
 
 
 def vision_block_positions(config, modality, grid_thw, seconds_per_grid, start) -> torch.Tensor:

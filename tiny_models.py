@@ -1,8 +1,8 @@
 """Tiny random Qwen-VL checkpoints, built locally: no model hub is reachable where this project runs.
 
 A byte-level BPE trained on VSI-Bench-like prompts, Qwen's special tokens and chat templates, the real
-processors, and a tiny random model with the real families' patch geometry. Imports demo_data (the
-questions the tokenizer learns from).
+processors, and a tiny random model with the real families' patch geometry, for every family the evaluator
+accepts. Imports demo_data (the questions the tokenizer learns from) and qwen_vl_utils (the families).
 """
 
 import json
@@ -12,11 +12,13 @@ import numpy as np
 import torch
 import transformers
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
-from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+from transformers.models.qwen2 import tokenization_qwen2
+from transformers.models.qwen3_5 import tokenization_qwen3_5
 
 from demo_data import scene_questions
+from qwen_vl_utils import QWEN_VL_MODEL_TYPES
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+FAMILIES = QWEN_VL_MODEL_TYPES  # a tiny checkpoint of every family the evaluator accepts
 
 # The special tokens Qwen-VL processors and chat templates use; Qwen3-VL needs no others.
 SPECIAL_TOKENS = (
@@ -30,14 +32,53 @@ SPECIAL_TOKENS = (
     "<|video_pad|>",
 )
 
-HEAD_DIM = 16  # text attention head size; every family's `mrope_section` below sums to HEAD_DIM / 2
+HEAD_DIM = 16  # text attention head size; `mrope_section` sums to the rotary part of a head / 2
 
 # Weight std of the random models. At the usual 0.02 attention is nearly uniform and tiny next to the
 # embeddings, so greedy decoding ignores the prompt and the video; at 0.2 both change the output.
 INIT_STD = 0.2
 
+# Qwen3-VL's input side, which Qwen3-VL-MoE, Qwen3.5 (dense and MoE) and Qwen4-Exp share: Qwen3VLProcessor, a
+# timestamp before each temporal grid, patch 16, no default system message.
+QWEN3_VL_INPUT = {
+    "processor": "Qwen3VLProcessor",
+    "video_processor": "Qwen3VLVideoProcessor",
+    "patch_size": 16,
+    "default_system": False,
+    "pixel_mean_std": [0.5, 0.5, 0.5],
+    # Its video limits count the pixels of all frames together; these are the real checkpoint's.
+    "video_size": {"shortest_edge": 4096, "longest_edge": 768 * 32 * 32 * 32},
+    "vision_output": "out_hidden_size",
+}
+QWEN3_VL_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_heads": 2,
+    "num_position_embeddings": 144,  # a 12 x 12 learned grid, interpolated to each frame
+}
+QWEN3_VL_ROPE = {"rope_type": "default", "mrope_section": [4, 2, 2], "mrope_interleaved": True}  # 8 = 16 / 2
+
+# Qwen3.5 and Qwen4-Exp mix gated delta-net (linear attention) layers into the text model (`hybrid` below: all
+# layers but the last are linear) and rotate only a quarter of each head, as the real checkpoints do: heads of
+# 32 rotate 8 channels, so `mrope_section` sums to 4.
+HYBRID_TEXT = {
+    "head_dim": 2 * HEAD_DIM,
+    "linear_num_key_heads": 2,
+    "linear_num_value_heads": 4,
+    "linear_key_head_dim": HEAD_DIM,
+    "linear_value_head_dim": HEAD_DIM,
+    "linear_conv_kernel_dim": 4,
+    "rope_parameters": {
+        "rope_type": "default",
+        "partial_rotary_factor": 0.25,
+        "mrope_section": [2, 1, 1],
+        "mrope_interleaved": True,
+    },
+}
+MOE_TEXT = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
+
 # The per-family pieces. Vision towers are tiny but keep the real patch, merge and temporal sizes, so
-# grids and token counts match the real models. `mrope_section` sums to head_dim / 2 = 8.
+# grids and token counts match the real models.
 FAMILY_SPECS = {
     "qwen2_vl": {
         "processor": "Qwen2VLProcessor",
@@ -70,29 +111,52 @@ FAMILY_SPECS = {
         },
     },
     "qwen3_vl": {
-        "processor": "Qwen3VLProcessor",
-        "video_processor": "Qwen3VLVideoProcessor",
-        "patch_size": 16,
-        "default_system": False,  # Qwen3-VL's template has no default system message
-        "pixel_mean_std": [0.5, 0.5, 0.5],
-        # Its video limits count the pixels of all frames together; these are the real checkpoint's.
-        "video_size": {"shortest_edge": 4096, "longest_edge": 768 * 32 * 32 * 32},
+        **QWEN3_VL_INPUT,
+        "text": {"head_dim": HEAD_DIM, "rope_parameters": QWEN3_VL_ROPE},
+        "vision": {**QWEN3_VL_VISION, "deepstack_visual_indexes": [0]},
+    },
+    "qwen3_vl_moe": {
+        **QWEN3_VL_INPUT,
+        "text": {"head_dim": HEAD_DIM, "rope_parameters": QWEN3_VL_ROPE, **MOE_TEXT},
+        "vision": {**QWEN3_VL_VISION, "deepstack_visual_indexes": [0]},
+    },
+    "qwen3_5": {
+        **QWEN3_VL_INPUT,
+        "tokenizer": "Qwen3_5Tokenizer",
+        "hybrid": True,
+        "text": HYBRID_TEXT,
+        "vision": QWEN3_VL_VISION,
+    },
+    "qwen3_5_moe": {
+        **QWEN3_VL_INPUT,
+        "tokenizer": "Qwen3_5Tokenizer",
+        "hybrid": True,
+        "text": {**HYBRID_TEXT, **MOE_TEXT, "shared_expert_intermediate_size": 32},
+        "vision": QWEN3_VL_VISION,
+    },
+    "qwen4_exp": {
+        **QWEN3_VL_INPUT,
+        "tokenizer": "Qwen3_5Tokenizer",
+        "hybrid": True,  # its full-attention layers become "indexed_attention": sparse, chosen by an indexer
         "text": {
-            "head_dim": HEAD_DIM,
-            "rope_parameters": {
-                "rope_type": "default",
-                "mrope_section": [4, 2, 2],
-                "mrope_interleaved": True,
-            },
+            **HYBRID_TEXT,
+            **MOE_TEXT,
+            "shared_expert_intermediate_size": 32,
+            "hc_count": 4,  # hyper-connection streams (the library default)
+            "hc_lowrank": 8,
+            # The indexer keeps `indexer_budget` of the earlier tokens, in blocks of `indexer_compress_ratio`;
+            # 32 of a prompt's hundreds, so attention really is sparse.
+            "indexer_n_heads": 2,
+            "indexer_kv_heads": 1,
+            "indexer_head_dim": HEAD_DIM,
+            "indexer_budget": 32,
+            "indexer_compress_ratio": 4,
+            # Hashed n-gram embeddings on the first layer, with their own conv and token-context cache states.
+            "ple_layer_ids": [1],
+            "heads_per_ngram": 2,
+            "ngram_vocab_size_base": 1000,
         },
-        "vision_output": "out_hidden_size",
-        "vision": {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "num_position_embeddings": 144,  # a 12 x 12 learned grid, interpolated to each frame
-            "deepstack_visual_indexes": [0],
-        },
+        "vision": QWEN3_VL_VISION,
     },
 }
 
@@ -152,12 +216,20 @@ def _tokenizer_corpus():
     return corpus
 
 
-def build_tokenizer():
-    """A byte-level BPE of a few hundred tokens, pre-tokenized like Qwen's, wrapped as Qwen2Tokenizer."""
+# Each family's tokenizer class and its pre-tokenizing regex (Qwen3.5's also keeps combining marks in words).
+TOKENIZERS = {
+    "Qwen2Tokenizer": tokenization_qwen2.PRETOKENIZE_REGEX,
+    "Qwen3_5Tokenizer": tokenization_qwen3_5.PRETOKENIZE_REGEX,
+}
+
+
+def build_tokenizer(family="qwen2_5_vl"):
+    """A byte-level BPE of a few hundred tokens, pre-tokenized like the family's, wrapped in its tokenizer class."""
+    tokenizer_class = FAMILY_SPECS[family].get("tokenizer", "Qwen2Tokenizer")
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.Split(Regex(TOKENIZERS[tokenizer_class]), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -174,7 +246,7 @@ def build_tokenizer():
     vocab = dict(trained["vocab"])
     for token in SPECIAL_TOKENS:  # after the learned tokens, as in Qwen's vocabulary
         vocab[token] = len(vocab)
-    return transformers.Qwen2Tokenizer(
+    return getattr(transformers, tokenizer_class)(
         vocab=vocab,
         merges=[tuple(pair) for pair in trained["merges"]],
         eos_token="<|im_end|>",
@@ -210,10 +282,13 @@ def build_processor(family, tokenizer):
 
 
 def build_model(family, tokenizer, seed, width=64, layers=2):
-    """A text model of `layers` layers and `width` channels (heads of HEAD_DIM) and a two-block vision tower,
-    with random weights, the same for the same seed."""
+    """A text model of `layers` layers and `width` channels (width / HEAD_DIM heads, of the family's head_dim) and a
+    two-block vision tower, with random weights, the same for the same seed."""
     spec = FAMILY_SPECS[family]
     ids = tokenizer.convert_tokens_to_ids
+    if spec.get("hybrid"):  # linear attention in all layers but the last (the real models: three of every four)
+        layer_types = ["linear_attention"] * (layers - 1) + ["full_attention"]
+        spec = spec | {"text": spec["text"] | {"layer_types": layer_types}}
     text_config = {
         "vocab_size": len(tokenizer),
         "hidden_size": width,
@@ -245,9 +320,17 @@ def build_model(family, tokenizer, seed, width=64, layers=2):
         vision_start_token_id=ids("<|vision_start|>"),
         vision_end_token_id=ids("<|vision_end|>"),
     )
-    with torch.random.fork_rng(devices=[]):  # seed the weights without touching the caller's random state
+    # Seed the weights without touching the caller's random state.
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         model = transformers.AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+        for name, weights in model.named_parameters():
+            if name.endswith("linear_attn.A_log"):
+                # Decay rates A of the gated delta-nets in [0.01, 0.1] (the library draws them in [0.01, 16]), so
+                # their recurrent state still holds the video after a question's few dozen tokens.
+                torch.nn.init.uniform_(weights, 0.01, 0.1).log_()
+            if name.endswith("ple.conv1d.weight"):  # Qwen4-Exp starts its n-gram convolution at zero, so
+                torch.nn.init.normal_(weights, std=INIT_STD)  # its cache state would not matter
     model.generation_config = transformers.GenerationConfig(
         bos_token_id=ids("<|endoftext|>"),
         eos_token_id=ids("<|im_end|>"),
@@ -263,7 +346,7 @@ def build_tiny_checkpoint(out_dir, family="qwen2_5_vl", seed=0, width=64, layers
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     out_dir = pathlib.Path(out_dir)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(family)
     build_processor(family, tokenizer).save_pretrained(out_dir)
     build_model(family, tokenizer, seed, width, layers).save_pretrained(out_dir)
     return out_dir

@@ -1,7 +1,7 @@
 """One worker's job: answer a shard of questions video by video (decode -> prompts -> answers -> records),
 appending each finished batch to its shard file. The CPU's work for the next videos (decoding, resizing, the
 processor's patches) runs in background threads while the model answers the current one. Imports generation,
-decode, qwen_vl_utils, prompts, cogmap, report, run_directory, run_files, stopping, config.
+decode, prefix_cache, qwen_vl_utils, prompts, cogmap, report, run_directory, run_files, stopping, config.
 """
 
 import copy
@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -43,6 +43,7 @@ from generation import (
     shared_prefix_text,
     video_token_count,
 )
+from prefix_cache import prefix_reuse_problem
 from prompts import build_prompt, cogmap_block, load_prompt_template
 from qwen_vl_utils import FrameRules, VideoError, VideoFrames, compare_positions, load_video
 from run_directory import VIDEO_FAILED, setup_logging
@@ -126,6 +127,10 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
         f"M-RoPE positions {info['mrope_positions']}, "
         f"model loaded in {time.perf_counter() - started:.1f}s"
     )
+    problem = prefix_reuse_problem(model) if config.shared_prefix else None
+    if problem:  # the plain path gives the answers the shared prefix would, only slower
+        log.warning(f"worker {rank}: shared prefix off for this model: {problem}; every question takes the plain path")
+        config = replace(config, shared_prefix=False)
     template = load_prompt_template(config.prompt_template_file) if config.prompt_template_file else None
     decoding = decoding_config(model, processor, config.repetition_penalty, config.eos_tokens)
     info["generation"] = generation_settings(greedy(model, processor, config.max_new_tokens, decoding))

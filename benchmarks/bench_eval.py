@@ -1,11 +1,11 @@
 """Benchmark: the usual per-question pipeline, two intermediate ones and the evaluator's, in one process, on CPU.
 
     python benchmarks/bench_eval.py [--videos 4] [--questions_per_video 18] [--threads 1] [--repeats 3]
-                                    [--long_videos 2] [--long_new_tokens 128]
+                                    [--long_videos 2] [--long_new_tokens 128] [--family qwen2_5_vl]
 
 Builds a VSI-Bench-shaped synthetic workload (videos x questions, 32 frames each at 448x336) and a random-weight
-Qwen2.5-VL whose text part is big enough that prefill dominates on a CPU, then answers every question with
-each pipeline and keeps the best of `--repeats` runs:
+model of the family (Qwen2.5-VL by default) whose text part is big enough that prefill dominates on a CPU, then
+answers every question with each pipeline and keeps the best of `--repeats` runs:
 - naive: as the original Spatial-R1 script and lmms-eval do: per question, decode the video, run the vision
   encoder and prefill the whole prompt, generate with transformers (batch 1);
 - decode_once: the middle baseline: each video decoded once (the next in the background), but every question
@@ -221,6 +221,7 @@ def main() -> None:
     parser.add_argument("--long_new_tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps ratios stable under load)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per pipeline; the fastest counts")
+    parser.add_argument("--family", default="qwen2_5_vl", choices=tiny_models.FAMILIES, help="model family")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -228,7 +229,7 @@ def main() -> None:
     transformers.utils.logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model_dir = tiny_models.build_tiny_checkpoint(tmp / "model", "qwen2_5_vl", width=args.width, layers=args.layers)
+        model_dir = tiny_models.build_tiny_checkpoint(tmp / "model", args.family, width=args.width, layers=args.layers)
         questions = build_workload(tmp / "videos", args.videos, args.questions_per_video)
         config = EvalConfig(
             num_frames=32,
@@ -238,7 +239,7 @@ def main() -> None:
             max_new_tokens=args.max_new_tokens,
             prompt_type="default",
         )
-        apply_protocol(config, "qwen2_5_vl")  # protocol none: the evaluator's defaults for the rest
+        apply_protocol(config, args.family)  # protocol none: the evaluator's defaults for the rest
         model, processor, info = load_model(str(model_dir), "cpu")
         result = {"short": scenario(args.repeats, list(PIPELINES), model, processor, config, questions)}
         if args.long_videos:
@@ -249,7 +250,7 @@ def main() -> None:
 
     result |= {
         "videos": args.videos,
-        "model": f"random Qwen2.5-VL, text width {args.width}, {args.layers} layers",
+        "model": f"random {args.family}, text width {args.width}, {args.layers} layers",
         "dtype": info["dtype"],
         "attention": info["attention"],
         "device": "cpu",

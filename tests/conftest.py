@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,15 +13,19 @@ from demo_assets import ensure_demo
 
 @pytest.fixture(scope="session")
 def demo_dirs(tmp_path_factory):
-    """Demo assets (tiny checkpoint + synthetic VSI-Bench set) per model family, built on first use; kept
-    across test sessions under $EVAL_QWEN_TEST_DEMO_DIR when it is set (`make mutation` runs pytest per mutant)."""
+    """Demo assets (tiny checkpoint + synthetic VSI-Bench set) per model family, built on first use; the data
+    set is built once and copied. Kept across test sessions under $EVAL_QWEN_TEST_DEMO_DIR when it is set
+    (`make mutation` runs pytest per mutant). Every test that needs a family's tiny checkpoint uses its model/."""
     built = {}
     keep = os.environ.get("EVAL_QWEN_TEST_DEMO_DIR")
 
     def get(family: str) -> Path:
         if family not in built:
-            built[family] = Path(keep, family) if keep else tmp_path_factory.mktemp(f"demo_{family}")
-            ensure_demo(built[family], family=family)
+            demo = Path(keep, family) if keep else tmp_path_factory.mktemp(f"demo_{family}")
+            if built and not (demo / "vsibench").exists():  # another family's data set: the same files
+                shutil.copytree(next(iter(built.values())) / "vsibench", demo / "vsibench")
+            ensure_demo(demo, family=family)
+            built[family] = demo
         return built[family]
 
     return get

@@ -9,12 +9,19 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import transformers
+from transformers.cache_utils import LinearAttentionLayer
 
 import demo_assets
 import demo_data
 import tiny_models
+from qwen_vl_utils import QWEN_VL_MODEL_TYPES
 
-PATCH_SIZE = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
+PATCH_SIZE = {"qwen2_vl": 14, "qwen2_5_vl": 14} | dict.fromkeys(
+    ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "qwen4_exp"), 16
+)
+DEFAULT_SYSTEM = {"qwen2_vl", "qwen2_5_vl"}  # the families whose template adds "You are a helpful assistant."
+TIMESTAMPED = {"qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "qwen4_exp"}  # "<t seconds>" before each grid
+LINEAR_ATTENTION = {"qwen3_5", "qwen3_5_moe", "qwen4_exp"}  # gated delta-net layers beside (indexed) attention
 
 NUMERICAL_TYPES = {"object_counting", "object_abs_distance", "object_size_estimation", "room_size_estimation"}
 CHOICE_TYPES = {
@@ -28,9 +35,9 @@ CHOICE_TYPES = {
 
 
 @pytest.fixture(scope="module", params=tiny_models.FAMILIES)
-def checkpoint(request, tmp_path_factory):
+def checkpoint(request, demo_dirs):
     family = request.param
-    path = tiny_models.build_tiny_checkpoint(tmp_path_factory.mktemp(family), family)
+    path = demo_dirs(family) / "model"
     processor = transformers.AutoProcessor.from_pretrained(path)
     model = transformers.AutoModelForImageTextToText.from_pretrained(
         path, dtype=torch.float32, attn_implementation="sdpa"
@@ -65,6 +72,10 @@ def random_frames(seed, num_frames, height, width):
 # Checkpoints
 
 
+def test_every_accepted_family_has_a_tiny_checkpoint():
+    assert set(tiny_models.FAMILIES) == set(PATCH_SIZE) == set(QWEN_VL_MODEL_TYPES)
+
+
 def test_checkpoint_is_the_family_with_real_patch_geometry(checkpoint):
     family, processor, model = checkpoint
     assert model.config.model_type == family
@@ -89,7 +100,7 @@ def test_chat_template_matches_the_family(checkpoint):
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     user_turn = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>How many?<|im_end|>\n"
     system_turn = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    expected = ("" if family == "qwen3_vl" else system_turn) + user_turn + "<|im_start|>assistant\n"
+    expected = (system_turn if family in DEFAULT_SYSTEM else "") + user_turn + "<|im_start|>assistant\n"
     assert prompt == expected
 
 
@@ -106,12 +117,30 @@ def test_video_tokens_match_the_grid_and_generation_runs(checkpoint):
     assert num_video_tokens == np.prod(grid) // 4
     if family == "qwen2_5_vl":  # two frames per temporal grid at 1 fps
         assert inputs["second_per_grid_ts"].tolist() == [2.0]
-    if family == "qwen3_vl":  # a timestamp before each temporal grid: the mean time of its two frames
+    if family in TIMESTAMPED:  # a timestamp before each temporal grid: the mean time of its two frames
         prompt = processor.decode(inputs["input_ids"][0])
         assert "<0.5 seconds>" in prompt and "<2.5 seconds>" in prompt
 
     output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert output.shape[1] - inputs["input_ids"].shape[1] == 4
+
+
+def test_hybrid_families_keep_recurrent_states_in_their_cache(checkpoint):
+    family, processor, model = checkpoint
+    layer_types = getattr(model.config.text_config, "layer_types", None) or []
+    assert ("linear_attention" in layer_types) == (family in LINEAR_ATTENTION)
+    if family not in LINEAR_ATTENTION:
+        return
+    assert layer_types[-1] in ("full_attention", "indexed_attention")
+    assert type(processor.tokenizer).__name__ == "Qwen3_5Tokenizer"
+    patch = PATCH_SIZE[family]
+    inputs = video_inputs(processor, "How many chair(s) are in this room?", random_frames(0, 4, 2 * patch, 2 * patch))
+    cache = transformers.DynamicCache(config=model.config)
+    model(**inputs, cache=cache, use_cache=True)
+    linear = [layer for layer in cache.layers if isinstance(layer, LinearAttentionLayer)]
+    assert len(linear) == layer_types.count("linear_attention")
+    assert all(layer.recurrent_states[0].abs().sum() > 0 for layer in linear)
+    assert cache.get_seq_length() == inputs["input_ids"].shape[1]  # the attention layers hold every token
 
 
 def test_greedy_output_depends_on_the_prompt_and_the_video(checkpoint):

@@ -1,7 +1,8 @@
 """M-RoPE positions by the published rule: hand-computed tables, transformers 5.24 beside them, and generation.
 
 Positions depend only on the token types and the grids, so the hand-built prompts below are strings of token
-kinds: T text (including <|vision_start|>, <|vision_end|> and Qwen3-VL's timestamps), I image, V video, P padding.
+kinds: T text (including <|vision_start|>, <|vision_end|> and the Qwen3-VL-style families' timestamps), I image,
+V video, P padding.
 """
 
 import numpy as np
@@ -11,6 +12,7 @@ import transformers
 
 import tiny_models
 from qwen_vl_utils import (
+    QWEN_VL_MODEL_TYPES,
     compare_positions,
     describe_token,
     format_position,
@@ -30,11 +32,38 @@ TINY_TEXT = {
     "eos_token_id": 1,
     "rope_parameters": {"rope_type": "default", "mrope_section": [1, 1, 2]},
 }
+QWEN3_VL_VISION = {
+    "hidden_size": 16,
+    "out_hidden_size": 16,
+    "intermediate_size": 16,
+    "num_heads": 2,
+    "num_position_embeddings": 16,
+}
 TINY_VISION = {
     "qwen2_vl": {"embed_dim": 16, "hidden_size": 16, "num_heads": 2, "mlp_ratio": 1},
     "qwen2_5_vl": {"hidden_size": 16, "out_hidden_size": 16, "intermediate_size": 16, "num_heads": 2},
-    "qwen3_vl": {"hidden_size": 16, "out_hidden_size": 16, "intermediate_size": 16, "num_heads": 2},
+    "qwen3_vl": QWEN3_VL_VISION | {"deepstack_visual_indexes": []},
+    "qwen3_vl_moe": QWEN3_VL_VISION | {"deepstack_visual_indexes": []},
+    "qwen3_5": QWEN3_VL_VISION,
+    "qwen3_5_moe": QWEN3_VL_VISION,
+    "qwen4_exp": QWEN3_VL_VISION,
 }
+MOE = {"num_experts": 2, "num_experts_per_tok": 1, "moe_intermediate_size": 8}
+LINEAR = {"linear_num_key_heads": 1, "linear_num_value_heads": 1, "linear_key_head_dim": 8, "linear_value_head_dim": 8}
+INDEXER = {"indexer_n_heads": 1, "indexer_kv_heads": 1, "indexer_head_dim": 8, "indexer_budget": 4}
+TINY_TEXT_EXTRA = {  # what each family's text config needs beyond TINY_TEXT
+    "qwen3_vl_moe": MOE,
+    "qwen3_5": LINEAR,
+    "qwen3_5_moe": LINEAR | MOE | {"shared_expert_intermediate_size": 8},
+    "qwen4_exp": LINEAR
+    | MOE
+    | INDEXER
+    | {"shared_expert_intermediate_size": 8, "hc_count": 2, "hc_lowrank": 4}
+    | {"indexer_compress_ratio": 2},
+}
+# The Qwen3-VL-style families: each temporal grid of a video is its own block after a timestamp.
+FRAME_BLOCK_FAMILIES = ["qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "qwen4_exp"]
+FAMILIES = ["qwen2_vl", "qwen2_5_vl", *FRAME_BLOCK_FAMILIES]
 
 
 def tiny_model(family, tokens_per_second=2):
@@ -42,9 +71,8 @@ def tiny_model(family, tokens_per_second=2):
     vision = {"depth": 1, "spatial_merge_size": 2, **TINY_VISION[family]}
     if family == "qwen2_5_vl":
         vision["tokens_per_second"] = tokens_per_second
-    if family == "qwen3_vl":
-        vision |= {"num_position_embeddings": 16, "deepstack_visual_indexes": []}
-    config = transformers.AutoConfig.for_model(family, text_config=TINY_TEXT, vision_config=vision)
+    text = TINY_TEXT | TINY_TEXT_EXTRA.get(family, {})
+    config = transformers.AutoConfig.for_model(family, text_config=text, vision_config=vision)
     return transformers.AutoModelForImageTextToText.from_config(config)
 
 
@@ -82,7 +110,11 @@ def transformers_rule(model, inputs, **vision):
 # Hand-computed tables. Rows: temporal, height, width.
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_the_tables_cover_every_accepted_family():
+    assert sorted(FAMILIES) == sorted(QWEN_VL_MODEL_TYPES)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_image(family):
     # A 4 x 6 patch image merges to 2 x 3 tokens starting at position 3; the text after starts at max + 1 = 6.
     inputs = prompt("TTT IIIIII TT")
@@ -216,24 +248,43 @@ def test_fractional_seconds_per_grid_qwen2_5_vl(seconds, temporal):
     assert theirs[0, 0].tolist() == temporal[:18] + [4, 5]
 
 
-def test_video_qwen3_vl():
-    # Each temporal grid is its own block between timestamp texts, with temporal index 0 inside the block.
-    inputs = prompt("TTT VVVV TTTT VVVV TTT")
-    expected = [
-        [0, 1, 2, 3, 3, 3, 3, 5, 6, 7, 8, 9, 9, 9, 9, 11, 12, 13],
-        [0, 1, 2, 3, 3, 4, 4, 5, 6, 7, 8, 9, 9, 10, 10, 11, 12, 13],
-        [0, 1, 2, 3, 4, 3, 4, 5, 6, 7, 8, 9, 10, 9, 10, 11, 12, 13],
-    ]
-    model = tiny_model("qwen3_vl")
-    video = {"video_grid_thw": torch.tensor([[2, 4, 4]])}
+FRAME_BLOCK_VIDEOS = [
+    # Two temporal grids of 2 x 2 merged tokens, each its own block between timestamp texts, temporal index 0
+    # inside a block; the text after a block starts at its largest position + 1.
+    (
+        "TTT VVVV TTTT VVVV TTT",
+        [2, 4, 4],
+        [
+            [0, 1, 2, 3, 3, 3, 3, 5, 6, 7, 8, 9, 9, 9, 9, 11, 12, 13],
+            [0, 1, 2, 3, 3, 4, 4, 5, 6, 7, 8, 9, 9, 10, 10, 11, 12, 13],
+            [0, 1, 2, 3, 4, 3, 4, 5, 6, 7, 8, 9, 10, 9, 10, 11, 12, 13],
+        ],
+    ),
+    # Three frames of 1 x 2 merged tokens, more frames than rows or columns: each block starts at 2, 5, 8 and
+    # reaches one further in width, so the text after it starts at start + 2.
+    (
+        "TT VV T VV T VV TT",
+        [3, 2, 4],
+        [
+            [0, 1, 2, 2, 4, 5, 5, 7, 8, 8, 10, 11],
+            [0, 1, 2, 2, 4, 5, 5, 7, 8, 8, 10, 11],
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize("family", FRAME_BLOCK_FAMILIES)
+@pytest.mark.parametrize("kinds, grid, expected", FRAME_BLOCK_VIDEOS)
+def test_video_frame_blocks(family, kinds, grid, expected):
+    inputs = prompt(kinds)
+    model = tiny_model(family)
+    video = {"video_grid_thw": torch.tensor([grid])}
     positions, deltas = published(model, inputs, **video)
     assert positions[:, 0].tolist() == expected
-    assert deltas.tolist() == [[14 - 18]]
+    assert deltas.tolist() == [[max(expected[0]) + 1 - len(expected[0])]]
+    # transformers 5.24 places these families' video tokens by the published rule too
     assert torch.equal(positions, transformers_rule(model, inputs, **video)[0])
-
-    # Qwen3-VL-MoE places tokens the same way (transformers' code for it is a copy).
-    moe_config = transformers.AutoConfig.for_model("qwen3_vl_moe")
-    assert torch.equal(mrope_position_ids(moe_config, **inputs, **video)[0], positions)
 
 
 def test_left_padding_and_different_vision_counts_per_row():
@@ -342,9 +393,8 @@ def test_compare_positions_agreeing():
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mrope_checkpoints")
-    return {family: tiny_models.build_tiny_checkpoint(root / family, family) for family in tiny_models.FAMILIES}
+def checkpoints(demo_dirs):
+    return {family: demo_dirs(family) / "model" for family in tiny_models.FAMILIES}
 
 
 def load(path):
@@ -357,7 +407,7 @@ def video_prompts(path, family, videos):
     """Processor output for one chat prompt per (num_frames, fps), left-padded; frames are 2 x 2 merged tokens."""
     processor = transformers.AutoProcessor.from_pretrained(path)
     processor.tokenizer.padding_side = "left"
-    side = 64 if family == "qwen3_vl" else 56
+    side = 4 * processor.video_processor.patch_size  # 2 x 2 merged tokens
     texts, frames, metadata = [], [], []
     for num_frames, fps in videos:
         question = [{"type": "video"}, {"type": "text", "text": "How many chair(s) are in this room?"}]
@@ -399,7 +449,12 @@ def greedy(model, inputs):
     [
         ("qwen2_vl", 4, 10.0),  # 2 temporal grids, 2 x 2 tokens: the temporal extent does not exceed the spatial
         ("qwen2_5_vl", 8, 10.0),  # 4 grids at 0.2 s: temporal indices 0, 0, 0, 1
-        ("qwen3_vl", 16, 1.0),  # one block per grid: the two rules coincide for Qwen3-VL
+        # one block per grid: the two rules coincide for the Qwen3-VL-style families
+        ("qwen3_vl", 16, 1.0),
+        ("qwen3_vl_moe", 16, 1.0),
+        ("qwen3_5", 16, 1.0),
+        ("qwen3_5_moe", 16, 1.0),
+        ("qwen4_exp", 16, 1.0),
     ],
 )
 def test_generation_equal_where_positions_agree(checkpoints, family, num_frames, fps):
