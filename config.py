@@ -148,8 +148,6 @@ def check_config(config: EvalConfig) -> None:
             raise DataError(f"{name}: must be at least 1, got {getattr(config, name)}")
     if config.wandb_project:
         require_wandb()
-    if not os.path.isdir(config.video_dir):
-        raise DataError(f"video_dir: {config.video_dir}: no such directory; {HOW_TO_GET_DATA}")
 
 
 def model_type_of(model_name: str, trust_remote_code: bool = False) -> str:
@@ -272,6 +270,8 @@ def prepare(config: EvalConfig, given: set[str]) -> tuple[EvalConfig, list[dict]
         config = apply_demo(config, given)
     else:
         locate_data(config)
+    if not os.path.isdir(config.video_dir):  # local files are checked before the model's config is looked up
+        raise DataError(f"video_dir: {config.video_dir}: no such directory; {HOW_TO_GET_DATA}")
     apply_protocol(config, model_type_of(config.model_name, config.trust_remote_code))
     check_config(config)
     questions, selection = select_questions(config)

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 import eval_qwen
+from config import EvalConfig
 from demo_assets import ensure_demo
+from protocols import apply_protocol
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +31,13 @@ def demo_dirs(tmp_path_factory):
         return built[family]
 
     return get
+
+
+def settled_config(**fields) -> EvalConfig:
+    """An EvalConfig as a run uses it: protocol none applied for a Qwen2.5-VL model, so every setting is set."""
+    config = EvalConfig(protocol="none", **fields)
+    apply_protocol(config, "qwen2_5_vl")
+    return config
 
 
 def run_eval(argv: list[str]) -> tuple[int, Path | None]:

@@ -152,7 +152,7 @@ def demo_run_dir(demo: Path, run_dir: Path) -> Path:
         ("", "not valid JSON"),
         ('{"num_frames": 8', "not valid JSON"),
         ("[1, 2]", "expected a JSON object of settings, got list"),
-        ('{"num_frames": "eight"}', "field num_frames: 'eight' is not of type <class 'int'>"),
+        ('{"num_frames": "eight"}', "field num_frames: 'eight' is not of type int | None"),
         ('{"prompt_type": "verbose"}', "field prompt_type: 'verbose' is not of type"),
         ('{"target_resolution": [448, "wide"]}', "field target_resolution: [448, 'wide'] is not of type"),
         ('{"colour": "red"}', "unknown field(s) colour"),

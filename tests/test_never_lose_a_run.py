@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import read_results, run_eval
+from conftest import read_results, run_eval, settled_config
 
 import eval_qwen
 from config import EvalConfig
@@ -317,7 +317,7 @@ def test_write_errors_name_the_path_and_the_cause(mount, tmp_path, caplog, fault
         atomic_write(run_dir / "config.json", '{"num_frames": 8}\n')
     if fault == "read-only":
         assert (run_dir / "config.json").read_text() == "{}\n" and len(list(run_dir.iterdir())) == 2
-    status = finish_run(EvalConfig(), run_dir, [RECORD], set(), {}, 1.0, logging.getLogger("t"), "RESUME COMMAND")
+    status = finish_run(settled_config(), run_dir, [RECORD], set(), {}, 1.0, logging.getLogger("t"), "RESUME COMMAND")
     assert status == 1
     assert f"cannot write {run_dir / 'vsibench_results_default.jsonl'}: {cause}" in caplog.text
     assert "RESUME COMMAND" in caplog.text
@@ -349,7 +349,7 @@ def test_resume_accepts_the_saved_values_and_names_real_changes(tmp_path, capsys
     assert eval_qwen.main(EvalConfig(), argv) == 2
     assert capsys.readouterr().err == (
         f"error: resume: {run_dir}: what is computed cannot change when resuming: "
-        "batch_size: 8 in the saved config, 4 given; num_frames: 32 in the saved config, 8 given\n"
+        "batch_size: 32 in the saved config, 4 given; num_frames: 32 in the saved config, 8 given\n"
     )
     assert eval_qwen.main(EvalConfig(), ["--resume", str(tmp_path / "nothing")]) == 2
     assert "config.json: not found" in capsys.readouterr().err

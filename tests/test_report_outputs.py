@@ -8,9 +8,10 @@ import sys
 
 import pandas as pd
 import pytest
+from conftest import settled_config
 
 import report
-from config import EvalConfig, check_config
+from config import check_config
 from lmms_export import sanitized_model_name
 from plots import difference_rows
 from report import chance_levels, compare_runs, join_on_id
@@ -313,7 +314,7 @@ def test_wandb_missing_exits_2_with_the_install_hint(tmp_path, capsys, monkeypat
     captured = capsys.readouterr()
     assert "pip install wandb" in captured.err and captured.out == ""
     with pytest.raises(DataError, match="wandb_project needs wandb.*pip install wandb"):
-        check_config(EvalConfig(wandb_project="vsi", video_dir=str(tmp_path)))
+        check_config(settled_config(wandb_project="vsi"))
 
 
 def offline_wandb(monkeypatch, tmp_path):
