@@ -206,6 +206,8 @@ class FastDecoder:
         """Free the arena and the graphs (e.g. after running out of memory)."""
         self.slots.clear()
         self.arena, self.arena_tokens = [], 0
+        if self.graphs:  # the old pool dies with its graphs; capturing into it again trips an allocator assert
+            self.graph_pool = torch.cuda.graph_pool_handle()
 
     def _slot(self, rows: int, length: int, max_new: int, penalty, eos) -> DecodeSlot:
         key = (rows, length, max_new, penalty, eos)

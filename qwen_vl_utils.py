@@ -236,6 +236,8 @@ def vision_blocks(config, image_grid_thw, video_grid_thw, second_per_grid_ts) ->
     between timestamp texts, so their video grids are split into blocks of one temporal grid each.
     """
     images = [(grid, None) for grid in image_grid_thw.tolist()] if image_grid_thw is not None else []
+    if second_per_grid_ts is not None:
+        second_per_grid_ts = torch.as_tensor(second_per_grid_ts).cpu()  # positions are computed on the CPU
     videos = []
     for k, (t, h, w) in enumerate(video_grid_thw.tolist() if video_grid_thw is not None else []):
         seconds_per_grid = second_per_grid_ts[k] if second_per_grid_ts is not None else 1.0
