@@ -87,10 +87,11 @@ class EvalConfig:
     cogmap_insert: Literal["evaluator", "spatial_r1"] | None = None  # how a map enters the question
     decoder: Literal["hf", "fast"] = "fast"  # greedy decoding by transformers' generate or the static-cache loop
     batch_tokens: int = 131072  # most KV-cache tokens a batch holds: rows x (video tokens + max_new_tokens)
+    progress_seconds: float = 30  # seconds between two progress lines when stderr is not a terminal (a log file)
 
 
 # What --resume may change: where and how wide the work runs, never what is computed.
-RESUME_OVERRIDABLE = {"gpu_ids", "num_processes", "dist_timeout_minutes", "wandb_project"}
+RESUME_OVERRIDABLE = {"gpu_ids", "num_processes", "dist_timeout_minutes", "wandb_project", "progress_seconds"}
 
 # What --demo sets, unless the same flag is given on the command line.
 DEMO_SETTINGS = {"num_processes": 1, "batch_size": 4, "max_new_tokens": 16, "output_dir_base": "demo_runs"}
