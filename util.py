@@ -1,4 +1,5 @@
-"""Question records: loading and checking the data file, subsets, sharding, answer spans, JSONL I/O.
+"""Question records: loading and checking the data file, subsets, sharding, answer spans, JSONL I/O; the model
+types the evaluator accepts.
 
 Imports nothing of the project: the bottom layer, with qwen_vl_utils.
 """
