@@ -1,6 +1,6 @@
 """The run's settings: the fields a user edits, the command line, their checks, resume's saved config, and
-the questions they select. Imports protocols, util, cogmap, prompts, download, qwen_vl_utils, tracking (and
-demo_assets for --demo).
+the questions they select. Imports cli, protocols, util, cogmap, prompts, download, tracking (and demo_assets
+for --demo); never torch, so that --help and bad flags answer at once.
 
 Fields that change scores default to None: unset, they take the value of the run's protocol (protocols.py).
 """
@@ -10,19 +10,17 @@ import math
 import os
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from transformers import HfArgumentParser
-
+from cli import parse_dataclass
 from cogmap import load_offloaded_maps, offloaded_map
 from download import HOW_TO_GET_DATA, HUB_DATASET, ensure_vsibench
 from prompts import load_prompt_template
-from protocols import apply_protocol, check_settings
-from qwen_vl_utils import QWEN_VL_MODEL_TYPES
+from protocols import PROTOCOLS, apply_protocol, check_settings
 from tracking import require_wandb
-from util import DataError, debug_subset, load_questions, select_question_types, select_subset
+from util import QWEN_VL_MODEL_TYPES, DataError, debug_subset, load_questions, select_question_types, select_subset
 
 
 @dataclass
@@ -43,7 +41,8 @@ class EvalConfig:
     batch_size: int = 32  # most questions of one video answered together (left padding; see batch_tokens)
     shared_prefix: bool = True  # encode each video and prefill its prompt prefix once for all its questions
     max_new_tokens: int | None = None  # greedy decoding limit
-    prompt_type: Literal["default", "official", "thinking", "gemini_api", "gpt4v", "custom"] | None = None
+    prompt_type: Literal["default", "official", "thinking", "gemini_api", "gpt4v", "custom"] | None = None  # the
+    # wording of the prompt (README "Prompt formats and types"); custom: read from prompt_template_file
     prompt_template_file: str | None = None  # for prompt_type custom: JSON/YAML with pre_prompt, mca_post_prompt,
     # na_post_prompt
     position_fps: str | None = None  # Qwen2.5-VL time code: a number (fps told to the model), "sampled" or "metadata"
@@ -57,8 +56,8 @@ class EvalConfig:
     cogmap_fallback: Literal["generate", "none"] = "generate"  # for a question without an offloaded map
     cogmap_max_new_tokens: int | None = None  # length limit of a generated map
     debug_mode: bool = False  # evaluate a seeded subset of debug_size questions
-    debug_size: int = 64
-    seed: int = 42
+    debug_size: int = 64  # how many questions debug_mode evaluates
+    seed: int = 42  # the seed of debug_mode's subset
     trust_remote_code: bool = False  # let transformers run code shipped with the checkpoint
     resume: str | None = None  # a run directory to continue with its saved config
     run_dir: str | None = None  # this run's directory instead of a new timestamped one (torchrun: one for all ranks)
@@ -68,12 +67,11 @@ class EvalConfig:
     demo_family: Literal[QWEN_VL_MODEL_TYPES] = "qwen2_5_vl"  # the demo checkpoint's family: any accepted model type
     download: bool = False  # when parquet_file or video_dir is absent, fetch VSI-Bench from the Hub into data_dir
     dataset: str | None = None  # a Hub dataset id (nyu-visionx/VSI-Bench): fetch it into data_dir and run on it
-    dataset_revision: str | None = None  # the Hub revision to fetch (default main); config.json records the commit
-    data_dir: str | None = None  # where fetched data is unzipped (default $HF_HOME/vsibench)
+    dataset_revision: str | None = None  # the Hub revision to fetch (unset: main); config.json records the commit
+    data_dir: str | None = None  # where fetched data is unzipped (unset: $HF_HOME/vsibench)
     wandb_project: str | None = None  # log config, per-task scores and results to this W&B project (pip install wandb)
-    # The evaluation protocol (protocols.py): none, spatial_r1, vsibench_official or lmms_eval. Every
-    # score-changing field left unset takes its value; fields set keep theirs and are logged as deviations.
-    protocol: str = "none"
+    protocol: str = "none"  # the evaluation protocol (protocols.py): every score-changing field left unset
+    # takes its value; fields set keep theirs and are logged as deviations
     prompt_format: Literal["spatial_r1", "vsibench"] | None = None  # Spatial-R1's "Question:" layout or the task's
     system_prompt: str | None = None  # system message text, or "none": none sent (the chat template's default)
     frame_count: Literal["exact", "even", "even_within_video"] | None = None  # how the frame count is adjusted
@@ -89,24 +87,29 @@ class EvalConfig:
     cogmap_insert: Literal["evaluator", "spatial_r1"] | None = None  # how a map enters the question
     decoder: Literal["hf", "fast"] = "fast"  # greedy decoding by transformers' generate or the static-cache loop
     batch_tokens: int = 131072  # most KV-cache tokens a batch holds: rows x (video tokens + max_new_tokens)
+    progress_seconds: float = 30  # seconds between two progress lines when stderr is not a terminal (a log file)
 
 
 # What --resume may change: where and how wide the work runs, never what is computed.
-RESUME_OVERRIDABLE = {"gpu_ids", "num_processes", "dist_timeout_minutes", "wandb_project"}
+RESUME_OVERRIDABLE = {"gpu_ids", "num_processes", "dist_timeout_minutes", "wandb_project", "progress_seconds"}
 
 # What --demo sets, unless the same flag is given on the command line.
 DEMO_SETTINGS = {"num_processes": 1, "batch_size": 4, "max_new_tokens": 16, "output_dir_base": "demo_runs"}
 
 
 def parse_config(defaults: EvalConfig, argv: list[str]) -> tuple[EvalConfig, set[str]]:
-    """Command-line overrides on top of `defaults`; also returns the names of the fields given."""
-    parser = HfArgumentParser(EvalConfig)
-    parser.set_defaults(**asdict(defaults))
-    (config,) = parser.parse_args_into_dataclasses(args=argv)
-    names = {f.name for f in fields(EvalConfig)}
-    given = {arg[2:].split("=")[0].replace("-", "_") for arg in argv if arg.startswith("--")}
-    given |= {name[3:] for name in given if name.startswith("no_")}
-    return config, given & names
+    """Command-line overrides on top of `defaults`; also returns the names of the fields given. A bad flag or
+    value exits with status 2 and a message naming the close matches or the choices."""
+    return parse_dataclass(
+        EvalConfig,
+        defaults,
+        argv,
+        choices={"protocol": PROTOCOLS},
+        usage="%(prog)s [--FIELD VALUE ...]",
+        description="Evaluate a Qwen-VL model on VSI-Bench. Each flag sets one field of EvalConfig (config.py).",
+        epilog="Booleans: --flag, --flag true|false, --no_flag. A field left unset takes its value from the "
+        'protocol (README "Protocols").',
+    )
 
 
 def apply_demo(config: EvalConfig, given: set[str]) -> EvalConfig:

@@ -16,8 +16,7 @@ import tempfile
 import zipfile
 from datetime import datetime
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from util import DataError, read_jsonl
 
@@ -26,6 +25,9 @@ VIDEO_ZIPS = ("arkitscenes.zip", "scannet.zip", "scannetpp.zip")
 OLD_QUESTIONS = "test-00000-of-00001.parquet"
 NEW_QUESTIONS = ("test.jsonl", "pruned_ids.txt")
 MANIFEST = "vsibench_download.json"
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 HOW_TO_GET_DATA = (
     f"add --download to fetch VSI-Bench from the Hugging Face Hub ({HUB_DATASET}: the questions and "
@@ -77,9 +79,11 @@ def revision_of(path: Path, requested: str | None) -> str:
 # ---------------------------------------------------------------- questions
 
 
-def questions_table(repo_id: str, revision: str | None) -> tuple[pd.DataFrame, str, Path]:
+def questions_table(repo_id: str, revision: str | None) -> tuple["pd.DataFrame", str, Path]:
     """Every question of the revision, with `pruned` where the revision lists pruned ids; the layout's name
     and one downloaded file (for its revision)."""
+    import pandas as pd  # loaded only when data is fetched
+
     try:
         jsonl = fetch(repo_id, NEW_QUESTIONS[0], revision)
     except FileNotFoundError:

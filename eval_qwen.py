@@ -15,8 +15,6 @@ import sys
 import time
 
 from config import EvalConfig, parse_config, prepare
-from launch import main_torchrun, run_workers, torchrun_ranks
-from run_directory import answered_ids, finish_run, open_run_dir, start_log
 from run_files import WriteError
 from stopping import Interrupted, stop_signals_interrupt
 from util import DataError, shard_by_video
@@ -24,6 +22,10 @@ from util import DataError, shard_by_video
 
 def main(defaults: EvalConfig, argv: list[str] | None = None) -> int:
     config, given = parse_config(defaults, sys.argv[1:] if argv is None else argv)
+    # torch and transformers load only now, so that --help and a bad flag answer at once
+    from launch import main_torchrun, run_workers, torchrun_ranks
+    from run_directory import answered_ids, finish_run, open_run_dir, start_log
+
     if torchrun_ranks():
         return main_torchrun(config, given)
     try:

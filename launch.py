@@ -1,6 +1,6 @@
 """Starting the work: one spawned worker process per shard, each on its own GPU (or the CPU), or, under
 torchrun / accelerate launch, this process as one rank. Imports worker, run_directory, config, run_files,
-stopping.
+stopping, progress.
 """
 
 import logging
@@ -10,11 +10,13 @@ import signal
 import sys
 import time
 from datetime import timedelta
+from multiprocessing import connection
 from pathlib import Path
 
 import torch
 
 from config import EvalConfig, prepare, select_questions
+from progress import RunProgress
 from run_directory import answered_ids, finish_run, open_run_dir, shard_records, start_log
 from run_files import WriteError
 from stopping import WRITE_FAILED, Interrupted, stop_signals_interrupt, stop_with_parent
@@ -61,13 +63,29 @@ def run_workers(
                 )
                 process.start()
                 workers[rank] = process
-            for process in workers.values():
-                process.join()
+            total = sum(len(shard) for shard in shards)
+            with RunProgress(run_dir / "shards", total, len(done_ids), log, config.progress_seconds) as progress:
+                watch_workers(workers, progress, log)
         except Interrupted as stop:
             log.error(f"interrupted by {stop.signal_name}: stopping the workers; finished batches are kept")
             stop_workers(list(workers.values()))
             return {rank: f"interrupted by {stop.signal_name}" for rank in workers}
     return {rank: exit_reason(p.exitcode) for rank, p in workers.items() if p.exitcode != 0}
+
+
+def watch_workers(workers: dict, progress: RunProgress, log: logging.Logger) -> None:
+    """Wait for every worker, updating the progress display about once a second. A worker that stops early
+    is named at once; the others go on."""
+    running = dict(workers)
+    while running:
+        connection.wait([process.sentinel for process in running.values()], timeout=1.0)
+        for rank, process in list(running.items()):
+            if not process.is_alive():
+                process.join()
+                del running[rank]
+                if process.exitcode != 0:
+                    log.warning(f"worker {rank} {exit_reason(process.exitcode)}; the other workers go on")
+        progress.update()
 
 
 def stop_workers(processes: list, grace_seconds: float = 30.0) -> None:

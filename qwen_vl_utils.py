@@ -16,6 +16,8 @@ from PIL import Image
 from torchvision.transforms.functional import InterpolationMode, resize
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
+from util import FRAME_BLOCK_MODEL_TYPES, QWEN_VL_MODEL_TYPES
+
 
 class VideoError(RuntimeError):
     """A video that is missing or cannot be decoded; the message names the file."""
@@ -219,13 +221,6 @@ def resize_frame(frame: np.ndarray, height: int, width: int, resample=Image.Resa
 # range. The functions below compute the published rule and make a loaded model use it.
 
 TEXT, IMAGE, VIDEO = 0, 1, 2  # the values of mm_token_type_ids
-
-# The model types (config.json's model_type) the evaluator accepts: every Qwen-VL family of transformers 5.24. The
-# Qwen3-VL-style ones write each temporal grid of a video as its own block after a timestamp text. The Omni models'
-# thinkers, which AutoModelForImageTextToText loads too, take audio, with other processors and position rules, and
-# are not among them.
-FRAME_BLOCK_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "qwen4_exp")
-QWEN_VL_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", *FRAME_BLOCK_MODEL_TYPES)
 
 
 def vision_blocks(config, image_grid_thw, video_grid_thw, second_per_grid_ts) -> dict:

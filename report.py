@@ -3,7 +3,7 @@ per task, chance levels, per-dataset scores, bootstrap intervals, run comparison
 command line that prints them as tables and hands them to the plots, the lmms-eval export and wandb.
 
 Imports lenient (the lenient parser), tables (text, markdown, CSV), plots (figures), lmms_export (lmms-eval's
-files), tracking (wandb), vsibench_acc (the official metric, never changed) and util.
+files), tracking (wandb), vsibench_acc (the official metric, never changed), cli (the strict parser) and util.
 
 Usage:
     python vsibench_acc.py RESULTS.jsonl                    # per-task table, micro mean, datasets, 95 % intervals
@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 import vsibench_acc
+from cli import StrictParser
 from lenient import score_lenient_record
 from lmms_export import EXPORT_FORMATS, write_lmms_eval
 from plots import check_plot_path, plot_comparison, plot_scores
@@ -276,7 +277,7 @@ def run_names(given: list[str], paths: list[str]) -> list[str]:
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Score VSI-Bench results JSONL files; tabulate or compare runs.")
+    parser = StrictParser(description="Score VSI-Bench results JSONL files; tabulate or compare runs.")
     parser.add_argument("results", nargs="+", help="results JSONL file(s) written by eval_qwen.py (A when comparing)")
     parser.add_argument("--parser", choices=PARSERS, default="official", help="answer parser (default: official)")
     parser.add_argument("--compare", metavar="B.jsonl", help="compare this run (B) against RESULTS (A), joined on id")

@@ -16,7 +16,7 @@ from transformers.models.qwen2 import tokenization_qwen2
 from transformers.models.qwen3_5 import tokenization_qwen3_5
 
 from demo_data import scene_questions
-from qwen_vl_utils import QWEN_VL_MODEL_TYPES
+from util import QWEN_VL_MODEL_TYPES
 
 FAMILIES = QWEN_VL_MODEL_TYPES  # a tiny checkpoint of every family the evaluator accepts
 

@@ -1,4 +1,5 @@
-"""Question records: loading and checking the data file, subsets, sharding, answer spans, JSONL I/O.
+"""Question records: loading and checking the data file, subsets, sharding, answer spans, JSONL I/O; the model
+types the evaluator accepts.
 
 Imports nothing of the project: the bottom layer, with qwen_vl_utils.
 """
@@ -11,7 +12,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 MCA_QUESTION_TYPES = (
     "object_rel_direction_easy",
@@ -29,6 +29,12 @@ NA_QUESTION_TYPES = (
     "room_size_estimation",
     "numerical",
 )
+# The model types (config.json's model_type) the evaluator accepts: every Qwen-VL family of transformers 5.24. The
+# Qwen3-VL-style ones write each temporal grid of a video as its own block after a timestamp text. The Omni models'
+# thinkers, which AutoModelForImageTextToText loads too, take audio, with other processors and position rules, and
+# are not among them.
+FRAME_BLOCK_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "qwen4_exp")
+QWEN_VL_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", *FRAME_BLOCK_MODEL_TYPES)
 REQUIRED_COLUMNS = ("id", "dataset", "scene_name", "question_type", "question", "ground_truth", "options")
 SUBSETS = ("full", "debiased", "pruned")
 
@@ -46,10 +52,10 @@ def read_records(path: str) -> list[dict]:
     suffix = Path(path).suffix.lower()
     if not Path(path).is_file():
         raise DataError(f"{path}: file not found")
-    if suffix == ".parquet":
-        return pd.read_parquet(path).to_dict("records")
-    if suffix == ".csv":
-        return pd.read_csv(path).to_dict("records")
+    if suffix in (".parquet", ".csv"):
+        import pandas as pd  # loaded when a table is read, not by every command (--help answers at once)
+
+        return (pd.read_parquet if suffix == ".parquet" else pd.read_csv)(path).to_dict("records")
     if suffix == ".jsonl":
         return read_jsonl(path)
     if suffix == ".json":
@@ -76,6 +82,8 @@ def load_questions(data_file: str, video_dir: str) -> list[dict]:
     if not Path(data_file).is_file():
         raise DataError(f"{data_file}: data file not found")
     if suffix == ".parquet":
+        import pandas as pd
+
         frame = pd.read_parquet(data_file)
         missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
         if missing:

@@ -22,7 +22,6 @@ from typing import NamedTuple
 
 import torch
 import transformers
-from tqdm import tqdm
 
 import report
 from cogmap import COGMAP_PROMPTS, format_cognitive_map, parse_cognitive_map
@@ -143,11 +142,8 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
     factor = processor.video_processor.patch_size * processor.video_processor.merge_size
     prepare = partial(prepare_prefix, worker, groups, threading.local(), device.startswith("cuda"))
     threads = video_threads(device, config)
-    video_seconds = 0.0
-    with (
-        ShardFile(run_dir / "shards" / f"shard_{rank}.jsonl") as shard,
-        tqdm(total=len(todo), desc=f"worker {rank} ({device})", unit="q", position=rank, dynamic_ncols=True) as bar,
-    ):
+    video_seconds, answered = 0.0, 0
+    with ShardFile(run_dir / "shards" / f"shard_{rank}.jsonl") as shard:  # the parent shows the run's progress
         for decoded in decoded_videos(list(groups), config, factor, prepare, threads):
             video_seconds += decoded.seconds
             if decoded.prefix is not None:
@@ -157,7 +153,9 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
                     raise Interrupted(signal.SIGTERM)
                 shard.append(records)  # one write per batch: a crash loses at most the batch in flight
                 pause_after_first_flush(rank)
-                bar.update(len(records))
+                answered += len(records)
+            rate = answered / (time.perf_counter() - started)
+            log.info(f"worker {rank}: {decoded.path} done; {answered}/{len(todo)} questions, {rate:.2f} questions/s")
             compare_first = compare_first and decoded.video is None  # the first video that decodes is compared
 
     if decoder is not None and decoder.graph_failure:

@@ -14,7 +14,7 @@ from transformers.cache_utils import LinearAttentionLayer
 import demo_assets
 import demo_data
 import tiny_models
-from qwen_vl_utils import QWEN_VL_MODEL_TYPES
+from util import QWEN_VL_MODEL_TYPES
 
 PATCH_SIZE = {"qwen2_vl": 14, "qwen2_5_vl": 14} | dict.fromkeys(
     ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "qwen4_exp"), 16
