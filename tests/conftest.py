@@ -10,7 +10,11 @@ import pytest
 import eval_qwen
 from config import EvalConfig
 from demo_assets import ensure_demo
+from generation import chat_text
+from prompts import build_prompt
 from protocols import apply_protocol
+from qwen_vl_utils import load_video
+from util import group_by_video, load_questions
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +42,17 @@ def settled_config(**fields) -> EvalConfig:
     config = EvalConfig(protocol="none", **fields)
     apply_protocol(config, "qwen2_5_vl")
     return config
+
+
+def video_and_texts(demo, processor, video_number: int) -> tuple:
+    """A demo video's frames (32, at most 1 per second, within 448x448) and its questions as chat texts: the
+    official prompt for odd video numbers, the thinking prompt for even ones."""
+    questions = load_questions(str(demo / "vsibench" / "test.parquet"), str(demo / "vsibench"))
+    path, video_questions = list(group_by_video(questions).items())[video_number]
+    factor = processor.video_processor.patch_size * processor.video_processor.merge_size
+    video = load_video(path, 32, 1.0, (448, 448), factor)
+    prompt_type = "official" if video_number % 2 else "thinking"
+    return video, [chat_text(processor, build_prompt(q, prompt_type)) for q in video_questions]
 
 
 def run_eval(argv: list[str]) -> tuple[int, Path | None]:

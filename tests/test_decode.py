@@ -7,14 +7,13 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import read_results
+from conftest import read_results, video_and_texts
 
 import decode
 import worker
 from decode import FastDecoder, unsupported_reason
 from generation import (
     StageTimer,
-    chat_text,
     generate_from_prefix,
     generate_plain,
     greedy,
@@ -23,19 +22,8 @@ from generation import (
     prefix_inputs,
     shared_prefix_text,
 )
-from prompts import build_prompt
 from protocols import apply_protocol
-from qwen_vl_utils import load_video
 from util import group_by_video, load_questions
-
-
-def video_and_texts(demo, processor, video_number):
-    questions = load_questions(str(demo / "vsibench" / "test.parquet"), str(demo / "vsibench"))
-    path, video_questions = list(group_by_video(questions).items())[video_number]
-    factor = processor.video_processor.patch_size * processor.video_processor.merge_size
-    video = load_video(path, 32, 1.0, (448, 448), factor)
-    prompt_type = "official" if video_number % 2 else "thinking"
-    return video, [chat_text(processor, build_prompt(q, prompt_type)) for q in video_questions]
 
 
 def answer_tokens(model, processor, monkeypatch):

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import video_and_texts
 from transformers import AutoConfig, AutoProcessor, Qwen2Config
 
 import tiny_models
@@ -20,19 +21,8 @@ from generation import (
     shared_prefix_text,
 )
 from prefix_cache import prefix_reuse_problem
-from prompts import build_prompt
 from qwen_vl_utils import load_video
-from util import group_by_video, load_questions
 from worker import video_answerer
-
-
-def video_and_texts(demo, processor, video_number):
-    questions = load_questions(str(demo / "vsibench" / "test.parquet"), str(demo / "vsibench"))
-    path, video_questions = list(group_by_video(questions).items())[video_number]
-    factor = processor.video_processor.patch_size * processor.video_processor.merge_size
-    video = load_video(path, 32, 1.0, (448, 448), factor)
-    prompt_type = "official" if video_number % 2 else "thinking"
-    return video, [chat_text(processor, build_prompt(q, prompt_type)) for q in video_questions]
 
 
 def keep_step_logits(model) -> list:
