@@ -62,7 +62,7 @@ class EvalConfig:
     resume: str | None = None  # a run directory to continue with its saved config
     run_dir: str | None = None  # this run's directory instead of a new timestamped one (torchrun: one for all ranks)
     dist_timeout_minutes: float = 720  # torchrun: how long ranks wait for each other before giving up
-    demo: bool = False  # build (once) and evaluate a tiny random model on a synthetic VSI-Bench-shaped set
+    demo: bool = False  # build (once) and evaluate a tiny model trained for seconds on a synthetic VSI-Bench set
     demo_dir: str = "demo_data"  # where the demo's model and data live
     demo_family: Literal[QWEN_VL_MODEL_TYPES] = "qwen2_5_vl"  # the demo checkpoint's family: any accepted model type
     download: bool = False  # when parquet_file or video_dir is absent, fetch VSI-Bench from the Hub into data_dir

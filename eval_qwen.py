@@ -5,7 +5,7 @@ Edit the config in the `__main__` block at the bottom, then run
     python eval_qwen.py                       # with the values set there
     python eval_qwen.py --num_frames 16       # any field can be overridden as --field_name value
     python eval_qwen.py --protocol spatial_r1 # evaluate exactly as a reference did (README "Protocols")
-    python eval_qwen.py --demo                # tiny random model on a synthetic set, CPU, under a minute
+    python eval_qwen.py --demo                # tiny model trained for seconds on a synthetic set, CPU, under a minute
 
 Data flow: data file -> question records -> shards grouped by video (one worker process each)
 -> frames -> prompts -> generations -> shard JSONL -> merged results JSONL -> scores -> log and summary.

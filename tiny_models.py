@@ -281,9 +281,9 @@ def build_processor(family, tokenizer):
     )
 
 
-def build_model(family, tokenizer, seed, width=64, layers=2):
+def build_model(family, tokenizer, seed, width=64, layers=2, init_std=INIT_STD):
     """A text model of `layers` layers and `width` channels (width / HEAD_DIM heads, of the family's head_dim) and a
-    two-block vision tower, with random weights, the same for the same seed."""
+    two-block vision tower, with random weights of std `init_std`, the same for the same seed."""
     spec = FAMILY_SPECS[family]
     ids = tokenizer.convert_tokens_to_ids
     if spec.get("hybrid"):  # linear attention in all layers but the last (the real models: three of every four)
@@ -299,7 +299,7 @@ def build_model(family, tokenizer, seed, width=64, layers=2):
         "max_position_embeddings": 32768,
         "bos_token_id": ids("<|endoftext|>"),
         "eos_token_id": ids("<|im_end|>"),
-        "initializer_range": INIT_STD,
+        "initializer_range": init_std,
         **spec["text"],
     }
     vision_config = {
@@ -307,7 +307,7 @@ def build_model(family, tokenizer, seed, width=64, layers=2):
         "patch_size": spec["patch_size"],
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
-        "initializer_range": INIT_STD,
+        "initializer_range": init_std,
         spec["vision_output"]: width,
         **spec["vision"],
     }
@@ -330,7 +330,7 @@ def build_model(family, tokenizer, seed, width=64, layers=2):
                 # their recurrent state still holds the video after a question's few dozen tokens.
                 torch.nn.init.uniform_(weights, 0.01, 0.1).log_()
             if name.endswith("ple.conv1d.weight"):  # Qwen4-Exp starts its n-gram convolution at zero, so
-                torch.nn.init.normal_(weights, std=INIT_STD)  # its cache state would not matter
+                torch.nn.init.normal_(weights, std=init_std)  # its cache state would not matter
     model.generation_config = transformers.GenerationConfig(
         bos_token_id=ids("<|endoftext|>"),
         eos_token_id=ids("<|im_end|>"),
@@ -340,13 +340,14 @@ def build_model(family, tokenizer, seed, width=64, layers=2):
     return model
 
 
-def build_tiny_checkpoint(out_dir, family="qwen2_5_vl", seed=0, width=64, layers=2) -> pathlib.Path:
+def build_tiny_checkpoint(out_dir, family="qwen2_5_vl", seed=0, width=64, layers=2, init_std=INIT_STD) -> pathlib.Path:
     """Save a tiny random checkpoint of `family` (config, weights, tokenizer, processors, template).
-    `width` and `layers` size the text model (the benchmark uses a larger one than the demo)."""
+    `width` and `layers` size the text model (the benchmark uses a larger one than the demo); `init_std` is the
+    weights' spread (a model to be trained starts from the usual, smaller one)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     out_dir = pathlib.Path(out_dir)
     tokenizer = build_tokenizer(family)
     build_processor(family, tokenizer).save_pretrained(out_dir)
-    build_model(family, tokenizer, seed, width, layers).save_pretrained(out_dir)
+    build_model(family, tokenizer, seed, width, layers, init_std).save_pretrained(out_dir)
     return out_dir

@@ -137,7 +137,7 @@ def main() -> None:
     torch.set_num_threads(2)
     work = Path(args.work) / args.family
     demo = work / "demo"
-    ensure_demo(demo, family=args.family)
+    ensure_demo(demo, family=args.family, trained=False)  # random weights, as the README reports
     give_qwen_generation_config(demo / "model")
     if args.reuse and (work / "calls.jsonl").is_file():
         theirs = [json.loads(line) for line in (work / "calls.jsonl").read_text().splitlines()]

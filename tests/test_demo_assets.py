@@ -256,7 +256,7 @@ def file_mtimes(folder):
 
 
 def test_ensure_demo_builds_once_and_reuses(tmp_path):
-    paths = demo_assets.ensure_demo(tmp_path / "demo")
+    paths = demo_assets.ensure_demo(tmp_path / "demo", trained=False)
     assert paths == {
         "model": tmp_path / "demo" / "model",
         "parquet": tmp_path / "demo" / "vsibench" / "test.parquet",
@@ -267,26 +267,27 @@ def test_ensure_demo_builds_once_and_reuses(tmp_path):
     assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["model", "vsibench"], "leftover folders"
 
     before = file_mtimes(tmp_path / "demo")
-    assert demo_assets.ensure_demo(tmp_path / "demo") == paths
+    assert demo_assets.ensure_demo(tmp_path / "demo", trained=False) == paths
+    assert demo_assets.ensure_demo(tmp_path / "demo") == paths  # --demo reuses an untrained build too
     assert file_mtimes(tmp_path / "demo") == before
 
 
 def test_ensure_demo_rebuilds_a_stale_or_other_family_checkpoint(tmp_path):
-    paths = demo_assets.ensure_demo(tmp_path, family="qwen2_vl")
+    paths = demo_assets.ensure_demo(tmp_path, family="qwen2_vl", trained=False)
     marker = paths["model"] / demo_assets.MARKER
     parquet_mtime = paths["parquet"].stat().st_mtime_ns
 
-    demo_assets.ensure_demo(tmp_path, family="qwen3_vl")
+    demo_assets.ensure_demo(tmp_path, family="qwen3_vl", trained=False)
     assert json.loads((paths["model"] / "config.json").read_text())["model_type"] == "qwen3_vl"
     assert json.loads(marker.read_text())["family"] == "qwen3_vl"
     assert paths["parquet"].stat().st_mtime_ns == parquet_mtime, "the data set should be reused"
 
     # A checkpoint saved by another transformers major is rebuilt.
-    marker.write_text(json.dumps({"family": "qwen3_vl", "transformers_major": 4}))
-    demo_assets.ensure_demo(tmp_path, family="qwen3_vl")
+    marker.write_text(json.dumps({"family": "qwen3_vl", "transformers_major": 4, "trained": None}))
+    demo_assets.ensure_demo(tmp_path, family="qwen3_vl", trained=False)
     assert json.loads(marker.read_text())["transformers_major"] == int(transformers.__version__.split(".")[0])
 
     # A model folder without its marker (an old or foreign build) is rebuilt too.
     marker.unlink()
-    demo_assets.ensure_demo(tmp_path, family="qwen3_vl")
+    demo_assets.ensure_demo(tmp_path, family="qwen3_vl", trained=False)
     assert marker.is_file()
