@@ -56,8 +56,10 @@ def model_names(model_name: str | list[str]) -> list[str]:
         names += matches
     if not names:
         raise DataError("model_name: no checkpoint given")
-    unique = {name if is_hub_id(name) else os.path.abspath(name): name for name in reversed(names)}
-    return list(reversed(unique.values()))
+    unique = {}  # the first mention of each checkpoint
+    for name in names:
+        unique.setdefault(name if is_hub_id(name) else os.path.abspath(name), name)
+    return list(unique.values())
 
 
 def checkpoint_labels(names: list[str]) -> list[str]:
