@@ -6,6 +6,9 @@ Edit the config in the `__main__` block at the bottom, then run
     python eval_qwen.py --num_frames 16       # any field can be overridden as --field_name value
     python eval_qwen.py --protocol spatial_r1 # evaluate exactly as a reference did (README "Protocols")
     python eval_qwen.py --demo                # tiny random model on a synthetic set, CPU, under a minute
+    python eval_qwen.py --model_name 'runs/*/checkpoint-*'   # a sweep: each checkpoint in turn, one table
+
+or, from Python (e.g. a training loop), `evaluate(model, processor, **config)` (README "From Python").
 
 Data flow: data file -> question records -> shards grouped by video (one worker process each)
 -> frames -> prompts -> generations -> shard JSONL -> merged results JSONL -> scores -> log and summary.
@@ -97,7 +100,7 @@ if __name__ == "__main__":
         parquet_file="data/vsibench/test.parquet",
         video_dir="data/vsibench",
         output_dir_base="results",
-        model_name="Qwen/Qwen2.5-VL-7B-Instruct",
+        model_name="Qwen/Qwen2.5-VL-7B-Instruct",  # or a list of checkpoints / a glob pattern: a sweep
         gpu_ids="0,1,2,3",
         num_processes=4,
         batch_size=32,
