@@ -20,6 +20,7 @@ import sys
 
 from config import EvalConfig, config_from_keywords, parse_config
 from launch import main_torchrun, run_command, run_single, torchrun_ranks
+from qwen_vl_utils import QWEN_VL_MODEL_TYPES
 from sweep import is_sweep, model_names, run_sweep
 from util import DataError
 
@@ -67,6 +68,12 @@ def evaluate(model=None, processor=None, **config) -> dict:
         raise DataError("processor: given without a model; give both, or model_name alone")
     settings, given = config_from_keywords(config)
     if model is not None:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type not in QWEN_VL_MODEL_TYPES:
+            accepted = ", ".join(QWEN_VL_MODEL_TYPES)
+            raise DataError(f"model: model_type {model_type!r} is not a Qwen-VL model ({accepted})")
+        if processor is None:
+            raise DataError("processor: needed with a model (AutoProcessor.from_pretrained of its checkpoint)")
         if settings.demo:
             raise DataError("demo: evaluates its own model; with a model given, set parquet_file and video_dir")
         if "model_name" not in given:

@@ -3,6 +3,7 @@ a model held in memory (this process, no reload), giving the same predictions; b
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -99,6 +100,12 @@ def test_bad_settings_raise_data_error_naming_the_field(demo_dirs, tmp_path, set
     assert not tmp_path.exists() or not any(tmp_path.iterdir())  # refused before a run directory was made
 
 
-def test_a_processor_without_a_model_is_refused():
+def test_a_processor_without_a_model_and_a_model_of_another_kind_are_refused(demo_dirs):
     with pytest.raises(DataError, match="processor: given without a model"):
         eval_qwen.evaluate(processor=object())
+    llama = SimpleNamespace(config=SimpleNamespace(model_type="llama"))
+    with pytest.raises(DataError, match="model: model_type 'llama' is not a Qwen-VL model"):
+        eval_qwen.evaluate(llama, object())
+    model = AutoModelForImageTextToText.from_pretrained(str(demo_dirs("qwen2_5_vl") / "model"))
+    with pytest.raises(DataError, match="processor: needed with a model"):
+        eval_qwen.evaluate(model)
