@@ -90,3 +90,19 @@ def test_a_sweep_selects_the_questions_once_and_ends_with_one_table(
     expected = read_results(run_b)
     assert eval_qwen.main(eval_qwen.EvalConfig(), ["--resume", str(run_b)]) == 0
     assert read_results(run_b) == expected
+
+
+def test_the_main_config_and_the_command_line_give_lists(tmp_path, capsys):
+    from config import EvalConfig, parse_config
+
+    config, _ = parse_config(EvalConfig(model_name=["/ckpt/a", "/ckpt/b"]), [])
+    assert config.model_name == ["/ckpt/a", "/ckpt/b"] and is_sweep(config.model_name)
+    config, given = parse_config(EvalConfig(), ["--model_name", "/ckpt/a", "/ckpt/b"])
+    assert config.model_name == ["/ckpt/a", "/ckpt/b"] and "model_name" in given
+    config, _ = parse_config(EvalConfig(), ["--model_name", "/ckpt/a"])
+    assert not is_sweep(config.model_name)
+    # A sweep is refused as a whole, before any checkpoint, when its data is missing.
+    argv = ["--model_name", "/ckpt/a", "/ckpt/b", "--parquet_file", str(tmp_path / "absent.parquet")]
+    assert eval_qwen.main(eval_qwen.EvalConfig(), [*argv, "--output_dir_base", str(tmp_path / "runs")]) == 2
+    assert "absent.parquet: data file not found" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
