@@ -38,9 +38,13 @@ def offline_cache(tmp_path, monkeypatch):
     return cache
 
 
+SUBSET = ("--debug_mode", "true", "--debug_size", "6", "--seed", "3")  # as a run of test_eval_e2e, shared by demo_run
+
+
 def demo_argv(demo_dirs, tmp_path, model_name: str) -> list[str]:
     demo = demo_dirs("qwen2_5_vl")
-    return ["--demo", "--demo_dir", str(demo), "--model_name", model_name, "--output_dir_base", str(tmp_path / "runs")]
+    output = ["--output_dir_base", str(tmp_path / "runs")]
+    return ["--demo", "--demo_dir", str(demo), "--model_name", model_name, *output, *SUBSET]
 
 
 def test_a_cached_hub_model_runs_offline_and_config_keeps_its_id_and_commit(
@@ -54,7 +58,7 @@ def test_a_cached_hub_model_runs_offline_and_config_keeps_its_id_and_commit(
     assert config["model_name"] == "tiny-org/demo-vl" and config["model_revision"] == COMMIT
     log = (run_dir / "vsibench_eval_default.log").read_text()
     assert f"worker 0: model {snapshot} loaded" in log  # the worker loaded the snapshot folder
-    reference = read_results(demo_run("qwen2_5_vl"))
+    reference = read_results(demo_run("qwen2_5_vl", *SUBSET))
     assert [r["prediction"] for r in read_results(run_dir)] == [r["prediction"] for r in reference]
     assert run_eval(["--resume", str(run_dir), "--output_dir_base", str(tmp_path / "runs")])[0] == 0
 
@@ -82,7 +86,7 @@ def test_a_hub_model_is_downloaded_once_in_the_parent_and_workers_load_the_snaps
 
     monkeypatch.setattr(hub_models, "hub_snapshot", hub_snapshot)
     argv = demo_argv(demo_dirs, tmp_path, "tiny-org/fresh-vl")
-    status, run_dir = run_eval([*argv, "--num_processes", "2", "--debug_mode", "--debug_size", "8"])
+    status, run_dir = run_eval([*argv, "--num_processes", "2", "--debug_size", "8", "--seed", "42"])  # both work
     assert status == 0 and downloads == [("tiny-org/fresh-vl", None)]
     log = (run_dir / "vsibench_eval_default.log").read_text()
     snapshot = offline_cache / "models--tiny-org--fresh-vl" / "snapshots" / ("f" * 40)
