@@ -99,10 +99,14 @@ def parse_bool(text: str) -> bool:
 
 
 def without_none(annotation):
-    """X for `X | None`; any other union is refused (one flag parses one type)."""
+    """X for `X | None`, list[X] for `X | list[X]` (one or more values); any other union is refused (one flag
+    parses one type)."""
     if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
         return annotation
     kept = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    lists = [arg for arg in kept if typing.get_origin(arg) is list]
+    if len(kept) == 2 and len(lists) == 1 and set(kept) - set(lists) == set(typing.get_args(lists[0])):
+        return lists[0]
     if len(kept) != 1:
         raise TypeError(f"a flag parses one type, not {annotation}")
     return kept[0]

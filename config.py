@@ -1,10 +1,11 @@
-"""The run's settings: the fields a user edits, the command line, their checks, resume's saved config, and
-the questions they select. Imports cli, protocols, util, cogmap, prompts, download, tracking (and demo_assets
-for --demo); never torch, so that --help and bad flags answer at once.
+"""The run's settings: the fields a user edits, the command line and the Python API's keywords, their checks,
+resume's saved config, and the questions they select. Imports cli, protocols, util, cogmap, prompts, download,
+hub_models, tracking (and demo_assets for --demo); never torch, so that --help and bad flags answer at once.
 
 Fields that change scores default to None: unset, they take the value of the run's protocol (protocols.py).
 """
 
+import difflib
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from typing import Literal
 from cli import parse_dataclass
 from cogmap import load_offloaded_maps, offloaded_map
 from download import HOW_TO_GET_DATA, HUB_DATASET, ensure_vsibench
+from hub_models import is_hub_id, resolve_hub_model
 from prompts import load_prompt_template
 from protocols import PROTOCOLS, apply_protocol, check_settings
 from tracking import require_wandb
@@ -32,7 +34,9 @@ class EvalConfig:
     subset_ids_file: str | None = None  # ids of the questions to evaluate (.txt, .json, .jsonl, .csv, .parquet)
     question_types: list[str] = field(default_factory=list)  # only these question types (all when empty)
     output_dir_base: str = "results"  # run dir: {output_dir_base}/{model basename}/{YYYYmmdd_HHMMSS}/
-    model_name: str = "Qwen/Qwen2.5-VL-7B-Instruct"  # local checkpoint folder or hub id
+    model_name: str | list[str] = "Qwen/Qwen2.5-VL-7B-Instruct"  # local checkpoint folder or Hub id; several
+    # (or a quoted glob such as 'runs/*/checkpoint-*'): a sweep, one run each
+    model_revision: str | None = None  # Hub revision of model_name (default main); config.json records the commit
     gpu_ids: str = "0"  # comma-separated CUDA device ids; worker i uses gpu_ids[i % len(gpu_ids)]
     num_processes: int = 1  # worker processes; the questions are split between them by video
     num_frames: int | None = None  # frames sampled uniformly over the whole video (protocol: 32)
@@ -117,7 +121,9 @@ def apply_demo(config: EvalConfig, given: set[str]) -> EvalConfig:
     from demo_assets import ensure_demo
 
     paths = ensure_demo(config.demo_dir, family=config.demo_family)
-    config.model_name, config.parquet_file, config.data_file = str(paths["model"]), str(paths["parquet"]), None
+    if "model_name" not in given:  # given: e.g. a sweep of checkpoints on the demo's data
+        config.model_name = str(paths["model"])
+    config.parquet_file, config.data_file = str(paths["parquet"]), None
     config.video_dir = str(paths["video_dir"])
     for name, value in DEMO_SETTINGS.items():
         if name not in given:
@@ -154,9 +160,9 @@ def check_config(config: EvalConfig) -> None:
 
 
 def model_type_of(model_name: str, trust_remote_code: bool = False) -> str:
-    """The checkpoint's model_type: from the config.json of a local folder, else from the hub's (cached) config.
-    A local path that is not a Qwen-VL checkpoint is a DataError naming the file."""
-    looks_local = model_name.startswith(("/", ".", "~")) or model_name.count("/") != 1
+    """The checkpoint's model_type: from the config.json of a local folder (a resolved Hub snapshot is one), else
+    from the hub's (cached) config. A local path that is not a Qwen-VL checkpoint is a DataError naming the file."""
+    looks_local = not is_hub_id(model_name)
     if os.path.isdir(model_name):
         config_file = os.path.join(model_name, "config.json")
         if not os.path.isfile(config_file):
@@ -186,7 +192,7 @@ def resume_config(run_dir: Path, given: set[str], overrides: EvalConfig) -> Eval
     changed = [
         f"{name}: {getattr(config, name)!r} in the saved config, {getattr(overrides, name)!r} given"
         for name in sorted(given - RESUME_OVERRIDABLE - {"resume"})
-        if getattr(overrides, name) != getattr(config, name)
+        if not same_setting(name, getattr(config, name), getattr(overrides, name))
     ]
     if changed:
         raise DataError(f"resume: {run_dir}: what is computed cannot change when resuming: {'; '.join(changed)}")
@@ -194,6 +200,16 @@ def resume_config(run_dir: Path, given: set[str], overrides: EvalConfig) -> Eval
         setattr(config, name, getattr(overrides, name))
     config.resume = str(run_dir)
     return config
+
+
+def same_setting(name: str, saved, given) -> bool:
+    """Is a setting given with --resume the one saved? The saved config names a local checkpoint by its absolute
+    path and a Hub model by the commit its revision resolved to."""
+    if name == "model_name" and isinstance(given, str) and not is_hub_id(given):
+        given = os.path.abspath(given)
+    if name == "model_revision" and given is not None and len(given) != 40:
+        return True  # a branch or tag: the run goes on with the commit it resolved to when it started
+    return saved == given
 
 
 def saved_config(run_dir: Path) -> EvalConfig:
@@ -264,21 +280,65 @@ def select_questions(config: EvalConfig) -> tuple[list[dict], str]:
     return questions, "; ".join(steps)
 
 
-def prepare(config: EvalConfig, given: set[str]) -> tuple[EvalConfig, list[dict], str]:
-    """The run's final config (a resumed run's saved one, or the demo's; unset fields from its protocol), checked,
-    and its questions."""
+def prepare(
+    config: EvalConfig, given: set[str], selected: tuple | None = None, model_type: str | None = None
+) -> tuple[EvalConfig, list[dict], str]:
+    """The run's final config (a resumed run's saved one, or the demo's; its model resolved; unset fields from its
+    protocol), checked, and its questions. `selected`: (questions, selection) already chosen from the data that
+    `config` names (a sweep chooses them once: find_data, select_questions); `model_type`: the model's, when it
+    is known already (a model given in memory, or resolved by the sweep)."""
     if config.resume:
         config = resume_config(Path(config.resume), given, config)
-    elif config.demo:
-        config = apply_demo(config, given)
-    else:
-        locate_data(config)
-    if not os.path.isdir(config.video_dir):  # local files are checked before the model's config is looked up
-        raise DataError(f"video_dir: {config.video_dir}: no such directory; {HOW_TO_GET_DATA}")
-    apply_protocol(config, model_type_of(config.model_name, config.trust_remote_code))
+    elif selected is None:
+        config = find_data(config, given)
+    check_video_dir(config)  # local files are checked before the model's config is looked up
+    apply_protocol(config, model_type or resolve_model(config))
     check_config(config)
-    questions, selection = select_questions(config)
+    questions, selection = selected or select_questions(config)
     return config, questions, selection
+
+
+def find_data(config: EvalConfig, given: set[str]) -> EvalConfig:
+    """Point the config at its data: the demo's (built on first use), the Hub's (locate_data), or as configured."""
+    if config.demo:
+        return apply_demo(config, given)
+    locate_data(config)
+    return config
+
+
+def check_video_dir(config: EvalConfig) -> None:
+    if not os.path.isdir(config.video_dir):
+        raise DataError(f"video_dir: {config.video_dir}: no such directory; {HOW_TO_GET_DATA}")
+
+
+def resolve_model(config: EvalConfig) -> str:
+    """Make the run's checkpoint loadable by every worker without the Hub, and return its model_type. A Hub id is
+    downloaded (or found in the cache) once, here, and model_revision set to the snapshot's commit (so config.json
+    records it); a local folder's path is made absolute (config.json always names it in full)."""
+    if not isinstance(config.model_name, str):
+        raise DataError(f"model_name: one checkpoint per run, got {config.model_name!r}")
+    if is_hub_id(config.model_name):
+        folder, config.model_revision = resolve_hub_model(config.model_name, config.model_revision)
+        return model_type_of(folder, config.trust_remote_code)
+    model_type = model_type_of(config.model_name, config.trust_remote_code)
+    config.model_name = os.path.abspath(config.model_name)
+    return model_type
+
+
+def config_from_keywords(keywords: dict) -> tuple[EvalConfig, set[str]]:
+    """The Python API's config: an EvalConfig from keyword arguments, and the names given. DataError naming a field
+    that does not exist (with the closest names) or a value not of the field's type."""
+    annotations = typing.get_type_hints(EvalConfig)
+    for name, value in keywords.items():
+        if name not in annotations:
+            close = difflib.get_close_matches(name, annotations, n=3)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise DataError(f"{name}: not a config field{hint} (the fields are EvalConfig's, in config.py)")
+        if isinstance(value, tuple):
+            value = keywords[name] = list(value)
+        if not has_type(value, annotations[name]):
+            raise DataError(f"{name}: {value!r} is not of type {annotations[name]}")
+    return EvalConfig(**keywords), set(keywords)
 
 
 def locate_data(config: EvalConfig) -> None:

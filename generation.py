@@ -49,6 +49,38 @@ def load_model(
     return model.eval(), processor, info
 
 
+@contextmanager
+def lent_model(model, processor, mrope_positions: str = "published"):
+    """A model and processor the caller holds (e.g. a training loop's), set up for evaluation as load_model sets
+    up its own: eval mode, no gradients, left padding, M-RoPE positions by the published rule unless
+    `mrope_positions` is "transformers". Afterwards the train/eval mode, the grad mode, the padding side and the
+    model's own positions are as they were. Yields the info load_model returns."""
+    inner, tokenizer = model.model, processor.tokenizer
+    was_training, padding_side = model.training, tokenizer.padding_side
+    patched = vars(inner).get("get_rope_index")  # None unless the instance already carries its own
+    deltas = getattr(inner, "rope_deltas", None)
+    tokenizer.padding_side = "left"
+    if mrope_positions == "published":
+        use_published_positions(model)
+    info = {
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "attention": model.config._attn_implementation,
+        "mrope_positions": mrope_positions,
+    }
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield info
+    finally:
+        model.train(was_training)
+        tokenizer.padding_side = padding_side
+        if patched is None:
+            vars(inner).pop("get_rope_index", None)
+        else:
+            inner.get_rope_index = patched
+        inner.rope_deltas = deltas
+
+
 def chat_text(processor, prompt: str, system_prompt: str = "none") -> str:
     """The chat-formatted model input: a system message unless `system_prompt` is "none" (then the chat
     template's default, if it has one, applies), then the user turn: the video first, then the prompt (the

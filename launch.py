@@ -1,8 +1,10 @@
-"""Starting the work: one spawned worker process per shard, each on its own GPU (or the CPU), or, under
-torchrun / accelerate launch, this process as one rank. Imports worker, run_directory, config, run_files,
-stopping, progress.
+"""Starting the work: one run from its config to its summary, its questions answered by one spawned worker
+process per shard, each on its own GPU (or the CPU), or in this process by a model the caller holds (the Python
+API), or, under torchrun / accelerate launch, by this process as one rank. Imports worker, run_directory, config,
+run_files, stopping, progress.
 """
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -21,7 +23,58 @@ from run_directory import answered_ids, finish_run, open_run_dir, shard_records,
 from run_files import WriteError
 from stopping import WRITE_FAILED, Interrupted, stop_signals_interrupt, stop_with_parent
 from util import DataError, shard_by_video
-from worker import evaluate_questions, evaluate_shard
+from worker import evaluate_in_process, evaluate_questions, evaluate_shard
+
+
+def run_command(config: EvalConfig, given: set[str], **options) -> tuple[int, Path | None]:
+    """run_single for the command line: a DataError before the run directory exists is printed (exit 2)."""
+    try:
+        return run_single(config, given, **options)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2, None
+
+
+def run_single(
+    config: EvalConfig,
+    given: set[str],
+    selected: tuple | None = None,  # (questions, selection) chosen already (config.prepare)
+    model_type: str | None = None,  # the model's, when known already
+    folder: str | None = None,  # the run directory's parent folder name (run_directory.make_run_dir)
+    loaded: tuple | None = None,  # (model, processor) held by the caller: answered in this process
+) -> tuple[int, Path]:
+    """One run: config settled and checked, run directory, log, answers (worker processes, or this process for a
+    `loaded` model), merged results, summary. Returns the exit status and the run directory. A DataError before the
+    run directory exists is raised; once it exists, failures are logged and decide the status (finish_run)."""
+    if loaded is not None:
+        model_type = loaded[0].config.model_type
+    config, questions, selection = prepare(config, given, selected, model_type)
+    run_dir, lock = open_run_dir(config, folder)  # this process owns the run directory until it returns
+    resume = f"python eval_qwen.py --resume {run_dir}"
+    # A stop signal before or after the workers' run stops it the same way; a caller's own process keeps its handlers.
+    stops = stop_signals_interrupt() if loaded is None else contextlib.nullcontext()
+    with lock, stops:
+        log = start_log(config, run_dir, questions, selection, model_type=model_type)
+        try:
+            done_ids = answered_ids(run_dir, questions, log)
+            started = time.perf_counter()
+            if loaded is None:
+                shards = shard_by_video(questions, config.num_processes)
+                failures = run_workers(config, shards, done_ids, run_dir, log)
+            else:
+                evaluate_in_process(*loaded, config, questions, done_ids, run_dir, log)
+                failures = {}
+            elapsed = time.perf_counter() - started
+            return finish_run(config, run_dir, questions, done_ids, failures, elapsed, log, resume), run_dir
+        except DataError as error:
+            log.error(str(error))
+            return 2, run_dir
+        except WriteError as error:
+            log.error(f"{error}; once it can be written, resume with:\n  {resume}")
+            return 1, run_dir
+        except Interrupted as stop:
+            log.error(f"interrupted by {stop.signal_name}; finished batches are kept. Resume with:\n  {resume}")
+            return stop.status, run_dir
 
 
 def worker_devices(config: EvalConfig) -> list[str]:

@@ -1,6 +1,6 @@
 """The run directory: creating it, its log, the shard files workers append to, what a resumed run finds
-there, and the end of a run (merged results, scores, summary, wandb). Imports config, report, run_files,
-stopping, tracking, util.
+there, and the end of a run (merged results, scores, summary, wandb). Imports config, report, hub_models,
+run_files, stopping, tracking, util.
 
 Layout: config.json, shards/shard_{rank}.jsonl and worker_{rank}.json, vsibench_results_{prompt_type}.jsonl,
 vsibench_eval_{prompt_type}.log, summary.json, and .lock (held by the process that runs in it).
@@ -22,6 +22,7 @@ import transformers
 import report
 import tracking
 from config import EvalConfig, model_type_of
+from hub_models import local_model_path
 from protocols import describe, effective_settings
 from run_files import LOCK_FILE, RunLock, WriteError, atomic_write
 from stopping import interrupted_status
@@ -30,9 +31,10 @@ from util import DataError, group_by_video
 VIDEO_FAILED = "video failed"  # the start of a record's error when its video could not be read
 
 
-def make_run_dir(config: EvalConfig) -> Path:
-    """A new {output_dir_base}/{model basename}/{YYYYmmdd_HHMMSS}/ folder; never an existing one."""
-    parent = Path(config.output_dir_base) / os.path.basename(config.model_name.rstrip("/"))
+def make_run_dir(config: EvalConfig, folder: str | None = None) -> Path:
+    """A new {output_dir_base}/{folder}/{YYYYmmdd_HHMMSS}/ folder, never an existing one; `folder` defaults to the
+    model's basename (a sweep gives each checkpoint a folder name that tells it apart from the others)."""
+    parent = Path(config.output_dir_base) / (folder or os.path.basename(config.model_name.rstrip("/")))
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
     for suffix in ["", *(f"_{i}" for i in range(1, 100))]:
         run_dir = parent / f"{stamp}{suffix}"
@@ -44,7 +46,7 @@ def make_run_dir(config: EvalConfig) -> Path:
     raise FileExistsError(f"no free name under {parent} for {stamp}")
 
 
-def open_run_dir(config: EvalConfig) -> tuple[Path, RunLock]:
+def open_run_dir(config: EvalConfig, folder: str | None = None) -> tuple[Path, RunLock]:
     """The run directory and its lock, held by this process: the resumed run's, `run_dir` when given (a new
     or empty directory, never one that holds a run or other files), or a new timestamped one. A new one gets
     shards/ and config.json; when that fails, nothing is left behind. DataError when the directory cannot be
@@ -59,7 +61,7 @@ def open_run_dir(config: EvalConfig) -> tuple[Path, RunLock]:
                 run_dir.mkdir(parents=True)
                 made.append(run_dir)
         else:
-            run_dir = make_run_dir(config)
+            run_dir = make_run_dir(config, folder)
             made.append(run_dir)
         lock = lock_run_dir(run_dir)
         made.append(lock.path)
@@ -134,12 +136,17 @@ def setup_logging(log_path: Path, console_level: int = logging.INFO) -> logging.
     return logger
 
 
-def start_log(config: EvalConfig, run_dir: Path, questions: list[dict], selection: str, console=logging.INFO):
-    """The run's logger, with the config, versions and question selection written first."""
+def start_log(
+    config: EvalConfig, run_dir: Path, questions: list[dict], selection: str, console=logging.INFO, model_type=None
+):
+    """The run's logger, with the config, versions and question selection written first. `model_type`: the
+    model's, when it is not read from its checkpoint (a model given in memory)."""
     log = setup_logging(run_dir / f"vsibench_eval_{config.prompt_type}.log", console_level=console)
     log.info(f"{'resuming' if config.resume else 'run directory'}: {run_dir}")
     log.info("config: " + json.dumps(asdict(config)))
-    for line in describe(config, model_type_of(config.model_name, config.trust_remote_code)):
+    if model_type is None:
+        model_type = model_type_of(local_model_path(config.model_name, config.model_revision), config.trust_remote_code)
+    for line in describe(config, model_type):
         log.info(line)
     log.info("versions: " + json.dumps(versions()))
     log.info(f"{len(questions)} questions over {len(group_by_video(questions))} videos; {selection}")

@@ -1,10 +1,11 @@
 """One worker's job: answer a shard of questions video by video (decode -> prompts -> answers -> records),
-appending each finished batch to its shard file. The CPU's work for the next videos (decoding, resizing, the
-processor's patches) runs in background threads while the model answers the current one. Imports generation,
-decode, prefix_cache, qwen_vl_utils, prompts, cogmap, report, run_directory, run_files, stopping, config.
+appending each finished batch to its shard file. The CPU's work for the next videos (video_prep.py) runs in
+background threads while the model answers the current one. A spawned worker process loads its model
+(evaluate_shard -> evaluate_questions); the Python API answers with a model the caller holds, in its own process
+(evaluate_in_process); both then take the same steps (answer_shard). Imports generation, decode, prefix_cache,
+video_prep, hub_models, qwen_vl_utils, prompts, cogmap, report, run_directory, run_files, stopping, config.
 """
 
-import copy
 import json
 import logging
 import os
@@ -13,18 +14,15 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 import transformers
 
 import report
-from cogmap import COGMAP_PROMPTS, format_cognitive_map, parse_cognitive_map
+from cogmap import format_cognitive_map, parse_cognitive_map
 from config import EvalConfig
 from decode import FastDecoder, unsupported_reason
 from generation import (
@@ -35,17 +33,18 @@ from generation import (
     generate_plain,
     generation_settings,
     greedy,
+    lent_model,
     load_model,
     prefill_prefix,
-    prefix_inputs,
     processor_inputs,
     shared_prefix_text,
     video_token_count,
 )
+from hub_models import local_model_path
 from prefix_cache import prefix_reuse_problem
-from prompts import build_prompt, cogmap_block, load_prompt_template
-from qwen_vl_utils import FrameRules, VideoError, VideoFrames, compare_positions, load_video
-from run_directory import VIDEO_FAILED, setup_logging
+from prompts import load_prompt_template
+from qwen_vl_utils import VideoFrames, compare_positions
+from run_directory import setup_logging
 from run_files import ShardFile, WriteError, atomic_write
 from stopping import (
     WRITE_FAILED,
@@ -56,6 +55,7 @@ from stopping import (
     stop_with_parent,
 )
 from util import extract_answer, group_by_video
+from video_prep import DecodedVideo, decoded_videos, prepare_prefix, question_prompts, video_texts, video_threads
 
 
 def evaluate_shard(
@@ -99,7 +99,7 @@ def evaluate_shard(
 
 @dataclass
 class Worker:
-    """What a worker process holds for its whole shard."""
+    """What a worker holds for its whole shard."""
 
     rank: int
     config: EvalConfig
@@ -113,18 +113,33 @@ class Worker:
 
 
 def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path, log, compare_first: bool) -> None:
-    """Load the model, then answer the shard's unanswered questions video by video, appending each finished
-    batch's records to shards/shard_{rank}.jsonl, and write the worker's report (device, timings)."""
+    """Load the model (a Hub id from the snapshot the parent resolved), then answer the shard (answer_shard)."""
     started = time.perf_counter()
     transformers.utils.logging.disable_progress_bar()
-    model, processor, info = load_model(config.model_name, device, config.mrope_positions, config.trust_remote_code)
+    path = local_model_path(config.model_name, config.model_revision)
+    model, processor, info = load_model(path, device, config.mrope_positions, config.trust_remote_code)
+    log.info(f"worker {rank}: model {path} loaded in {time.perf_counter() - started:.1f}s")
+    answer_shard(rank, model, processor, info, config, questions, done_ids, run_dir, log, compare_first, started)
+
+
+def evaluate_in_process(model, processor, config, questions, done_ids, run_dir: Path, log) -> None:
+    """Answer every question in this process with a model and processor the caller holds, on the model's device,
+    without reloading it; its train/eval mode, grad mode, padding side and positions are restored afterwards."""
+    started = time.perf_counter()
+    with lent_model(model, processor, config.mrope_positions) as info:
+        answer_shard(0, model, processor, info, config, questions, done_ids, run_dir, log, True, started)
+
+
+def answer_shard(rank, model, processor, info, config, questions, done_ids, run_dir: Path, log, compare_first, started):
+    """Answer the shard's unanswered questions video by video, appending each finished batch's records to
+    shards/shard_{rank}.jsonl, and write the worker's report (device, timings). `info`: load_model's."""
+    device = str(model.device)
     device_name = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu"
     todo = [q for q in questions if q["id"] not in done_ids]
     log.info(
         f"worker {rank} (pid {os.getpid()}): {len(todo)} of {len(questions)} questions to answer, device {device} "
         f"({device_name}), dtype {info['dtype']}, attention {info['attention']}, "
-        f"M-RoPE positions {info['mrope_positions']}, "
-        f"model loaded in {time.perf_counter() - started:.1f}s"
+        f"M-RoPE positions {info['mrope_positions']}"
     )
     problem = prefix_reuse_problem(model) if config.shared_prefix else None
     if problem:  # the plain path gives the answers the shared prefix would, only slower
@@ -135,34 +150,19 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
     info["generation"] = generation_settings(greedy(model, processor, config.max_new_tokens, decoding))
     log.info(f"worker {rank}: generation settings in force: {json.dumps(info['generation'])}")
     timer = StageTimer(model)
-    decoder, info["decoder"] = choose_decoder(model, processor, config, decoding, timer)
-    log.info(f"worker {rank}: decoder {info['decoder']}")
-    worker = Worker(rank, config, model, processor, template, log, decoding, decoder, timer)
-    groups = {path: qs for path, qs in group_by_video(questions).items() if any(q["id"] not in done_ids for q in qs)}
-    factor = processor.video_processor.patch_size * processor.video_processor.merge_size
-    prepare = partial(prepare_prefix, worker, groups, threading.local(), device.startswith("cuda"))
-    threads = video_threads(device, config)
-    video_seconds, answered = 0.0, 0
-    with ShardFile(run_dir / "shards" / f"shard_{rank}.jsonl") as shard:  # the parent shows the run's progress
-        for decoded in decoded_videos(list(groups), config, factor, prepare, threads):
-            video_seconds += decoded.seconds
-            if decoded.prefix is not None:
-                timer.add("processor", decoded.prefix.seconds)
-            for records in answer_video(worker, groups[decoded.path], decoded, done_ids, compare_first):
-                if parent_gone():  # never append for a parent that is gone: a resume may own the run now
-                    raise Interrupted(signal.SIGTERM)
-                shard.append(records)  # one write per batch: a crash loses at most the batch in flight
-                pause_after_first_flush(rank)
-                answered += len(records)
-            rate = answered / (time.perf_counter() - started)
-            log.info(f"worker {rank}: {decoded.path} done; {answered}/{len(todo)} questions, {rate:.2f} questions/s")
-            compare_first = compare_first and decoded.video is None  # the first video that decodes is compared
-
+    try:
+        decoder, info["decoder"] = choose_decoder(model, processor, config, decoding, timer)
+        log.info(f"worker {rank}: decoder {info['decoder']}")
+        worker = Worker(rank, config, model, processor, template, log, decoding, decoder, timer)
+        video_seconds = answer_videos(worker, questions, done_ids, run_dir, compare_first, device, len(todo))
+    finally:
+        timer.remove()  # a model lent by the caller keeps no hooks
     if decoder is not None and decoder.graph_failure:
         log.warning(f"worker {rank}: CUDA graphs turned off, decoding eagerly: {decoder.graph_failure}")
     elapsed = time.perf_counter() - started
     seconds = {"video_decoding": video_seconds, **timer.seconds, "total": elapsed}
-    report = {"rank": rank, "device": device_name, "questions": len(todo), "videos": len(groups), **info}
+    videos = len({q["video_path"] for q in todo})
+    report = {"rank": rank, "device": device_name, "questions": len(todo), "videos": videos, **info}
     report |= {"seconds": {name: round(value, 3) for name, value in seconds.items()}}
     report["prefill_tokens"] = timer.prefill_tokens
     atomic_write(run_dir / "shards" / f"worker_{rank}.json", json.dumps(report))
@@ -173,7 +173,33 @@ def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path,
     )
 
 
-def answer_video(worker: Worker, questions, decoded: "DecodedVideo", done_ids, compare_positions_first):
+def answer_videos(worker: Worker, questions, done_ids, run_dir: Path, compare_first, device: str, todo: int) -> float:
+    """The per-video loop: decode (next videos in background threads) -> answers -> one shard append per batch.
+    Returns the seconds spent decoding videos."""
+    groups = {path: qs for path, qs in group_by_video(questions).items() if any(q["id"] not in done_ids for q in qs)}
+    video_processor = worker.processor.video_processor
+    factor = video_processor.patch_size * video_processor.merge_size
+    prepare = partial(prepare_prefix, worker, groups, threading.local(), device.startswith("cuda"))
+    threads = video_threads(device, worker.config)
+    video_seconds, rank, answered, started = 0.0, worker.rank, 0, time.perf_counter()
+    with ShardFile(run_dir / "shards" / f"shard_{rank}.jsonl") as shard:  # the parent shows the run's progress
+        for decoded in decoded_videos(list(groups), worker.config, factor, prepare, threads):
+            video_seconds += decoded.seconds
+            if decoded.prefix is not None:
+                worker.timer.add("processor", decoded.prefix.seconds)
+            for records in answer_video(worker, groups[decoded.path], decoded, done_ids, compare_first):
+                if parent_gone():  # never append for a parent that is gone: a resume may own the run now
+                    raise Interrupted(signal.SIGTERM)
+                shard.append(records)  # one write per batch: a crash loses at most the batch in flight
+                pause_after_first_flush(rank)
+                answered += len(records)
+            rate = answered / (time.perf_counter() - started)
+            worker.log.info(f"worker {rank}: {decoded.path} done; {answered}/{todo} questions, {rate:.2f} questions/s")
+            compare_first = compare_first and decoded.video is None  # the first video that decodes is compared
+    return video_seconds
+
+
+def answer_video(worker: Worker, questions, decoded: DecodedVideo, done_ids, compare_positions_first):
     """Yield the records of each finished batch of one video's questions (a failed video gives error records).
 
     The batches (question_batches) are the same in every run, so a resumed run skips the batches already
@@ -237,31 +263,6 @@ def question_batches(count: int, batch_size: int, batch_tokens: int, row_tokens:
     return [range(starts[b], starts[b + 1]) for b in range(batches)]
 
 
-def video_texts(worker: Worker, processor, questions: list[dict]):
-    """The prompts and chat texts of a video's questions, and the chat text of its map when one is generated."""
-    config = worker.config
-    prompts = question_prompts(worker, questions)
-    texts = {qid: chat_text(processor, prompt, config.system_prompt) for qid, prompt in prompts.items()}
-    # The video's prefix is shared by the questions' texts and, when one is generated, the map's.
-    map_text = None
-    if needs_generated_map(config, questions):
-        map_text = chat_text(processor, COGMAP_PROMPTS[config.cogmap_prompt], config.system_prompt)
-    return prompts, texts, map_text
-
-
-def question_prompts(worker: Worker, questions: list[dict], cogmaps: dict | None = None) -> dict[int, str]:
-    """Each question's prompt text by id, with its cognitive map when `cogmaps` is given."""
-    config = worker.config
-    prompts = {}
-    for q in questions:
-        block = ""
-        if cogmaps:
-            cogmap, source = cogmaps[q["id"]]
-            block = cogmap_block(cogmap, source, config.cogmap_insert, config.offload_cogmap)
-        prompts[q["id"]] = build_prompt(q, config.prompt_type, worker.template, block, config.prompt_format)
-    return prompts
-
-
 def log_position_comparison(worker: Worker, video: VideoFrames, question_id: int, text: str) -> None:
     """Log whether transformers' own M-RoPE positions follow the published rule on this prompt."""
     inputs = processor_inputs(worker.processor, video, [text], worker.config.position_fps)
@@ -278,85 +279,6 @@ def answer_batch_or_error(worker: Worker, answer_texts, batch: list[dict], texts
         error = f"generation failed: {type(failure).__name__}: {failure}"
         worker.log.exception(f"worker {worker.rank}: ids {[q['id'] for q in batch]}: {error}")
         return [("", error)] * len(batch)
-
-
-def frame_rules(config: EvalConfig) -> FrameRules:
-    return FrameRules(
-        count=config.frame_count,
-        rounding=config.frame_index_rounding,
-        resize=config.resize,
-        min_pixels=config.min_pixels,
-        max_pixels=config.max_pixels,
-        total_pixels=config.total_pixels,
-    )
-
-
-class DecodedVideo(NamedTuple):
-    path: str
-    video: VideoFrames | None  # None when it failed
-    error: str | None
-    seconds: float  # decoding and resizing
-    prefix: object = None  # the prepared processor inputs of its shared prefix (PreparedPrefix), if any
-
-
-@dataclass
-class PreparedPrefix:
-    text: str  # the shared prefix these inputs are for
-    inputs: dict  # prefix_inputs(...), pinned on CUDA
-    seconds: float  # the processor's time (in a background thread)
-
-
-def decoded_videos(video_paths: list[str], config: EvalConfig, factor: int, prepare=None, threads: int = 1):
-    """Yield a DecodedVideo per video, in order, while background threads decode (and `prepare(path, frames)`,
-    e.g. patchify) the next `threads` videos."""
-
-    rules = frame_rules(config)
-
-    def decode(path: str) -> DecodedVideo:
-        tick = time.perf_counter()
-        try:
-            frames = load_video(path, config.num_frames, config.fps, tuple(config.target_resolution), factor, rules)
-        except VideoError as error:
-            return DecodedVideo(path, None, f"{VIDEO_FAILED}: {error}", time.perf_counter() - tick)
-        seconds = time.perf_counter() - tick
-        return DecodedVideo(path, frames, None, seconds, prepare(path, frames) if prepare else None)
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        pending = deque(pool.submit(decode, path) for path in video_paths[:threads])
-        for next_path in [*video_paths[threads:], *[None] * len(pending)]:
-            current = pending.popleft().result()
-            if next_path:
-                pending.append(pool.submit(decode, next_path))
-            yield current
-
-
-def prepare_prefix(worker: Worker, groups: dict, local: threading.local, pin: bool, path: str, video: VideoFrames):
-    """In a background thread: the processor inputs of a video's shared prefix (tokens and pixel patches), with
-    the thread's own copy of the processor (the tokenizer keeps per-call settings). None when not shared or when
-    it fails (the main thread then computes them itself, and meets the error there)."""
-    if not worker.config.shared_prefix:
-        return None
-    if not hasattr(local, "processor"):
-        local.processor = copy.deepcopy(worker.processor)
-    try:
-        _, texts, map_text = video_texts(worker, local.processor, groups[path])
-        text = shared_prefix_text([*texts.values(), *([map_text] if map_text else [])])
-        if text is None:
-            return None
-        started = time.perf_counter()
-        inputs = prefix_inputs(local.processor, video, text, worker.config.position_fps, pin)
-        return PreparedPrefix(text, inputs, time.perf_counter() - started)
-    except Exception:
-        return None
-
-
-def video_threads(device: str, config: EvalConfig) -> int:
-    """Background threads preparing videos: one on the CPU (the model needs the cores); on a GPU enough to keep
-    it fed (a video's CPU work can take longer than its GPU work), within this worker's share of the cores."""
-    if not device.startswith("cuda"):
-        return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(4, cores // max(1, config.num_processes) - 1))
 
 
 def choose_decoder(model, processor, config: EvalConfig, decoding, timer) -> tuple[FastDecoder | None, str]:
@@ -414,13 +336,6 @@ def video_answerer(
     except Exception as failure:
         return None, f"video prefix failed: {type(failure).__name__}: {failure}"
     return partial(generate_from_prefix, model, processor, prefix, **settings), None
-
-
-def needs_generated_map(config: EvalConfig, questions: list[dict]) -> bool:
-    """Does this video need the model to write its cognitive map (some question has no offloaded one)?"""
-    if not config.use_cognitive_map or (config.offload_cogmap and config.cogmap_fallback == "none"):
-        return False
-    return any(not q.get("offloaded_cogmap") for q in questions)
 
 
 def cognitive_maps(config: EvalConfig, questions: list[dict], generate_map) -> dict[int, tuple[str | None, str]]:

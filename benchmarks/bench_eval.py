@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import demo_data  # noqa: E402
 import tiny_models  # noqa: E402
+import video_prep  # noqa: E402
 import worker  # noqa: E402
 from config import EvalConfig  # noqa: E402
 from decode import FastDecoder  # noqa: E402
@@ -95,7 +96,7 @@ def texts_of(processor, config, questions) -> list[str]:
 def run_naive(model, processor, config, questions, decoder, timer):
     """Per question: decode the video, encode it and prefill the whole prompt."""
     factor = processor.video_processor.patch_size * processor.video_processor.merge_size
-    rules = worker.frame_rules(config)
+    rules = video_prep.frame_rules(config)
     for question in questions:
         video = load_video(
             question["video_path"], config.num_frames, config.fps, config.target_resolution, factor, rules
@@ -109,7 +110,7 @@ def run_decode_once(model, processor, config, questions, decoder, timer):
     """Per video: decode once; per question: encode and prefill the whole prompt."""
     factor = processor.video_processor.patch_size * processor.video_processor.merge_size
     groups = group_by_video(questions)
-    for decoded in worker.decoded_videos(list(groups), config, factor):
+    for decoded in video_prep.decoded_videos(list(groups), config, factor):
         for question in groups[decoded.path]:
             texts = texts_of(processor, config, [question])
             answers = generate_plain(
@@ -122,7 +123,7 @@ def run_shared_hf(model, processor, config, questions, decoder, timer):
     """The evaluator before the fast decoder: decode once, shared prefix, generate(), fixed batches."""
     factor = processor.video_processor.patch_size * processor.video_processor.merge_size
     groups = group_by_video(questions)
-    for decoded in worker.decoded_videos(list(groups), config, factor):
+    for decoded in video_prep.decoded_videos(list(groups), config, factor):
         texts = texts_of(processor, config, groups[decoded.path])
         answer, error = worker.video_answerer(model, processor, decoded.video, None, texts, config, timer=timer)
         assert error is None, error
@@ -139,9 +140,9 @@ def run_fast(model, processor, config, questions, decoder, timer):
     factor = processor.video_processor.patch_size * processor.video_processor.merge_size
     groups = group_by_video(questions)
     state = worker.Worker(0, config, model, processor, template=None, log=None, decoding=None, decoder=decoder)
-    prepare = partial(worker.prepare_prefix, state, groups, threading.local(), model.device.type == "cuda")
-    threads = worker.video_threads(model.device.type, config)
-    for decoded in worker.decoded_videos(list(groups), config, factor, prepare, threads):
+    prepare = partial(video_prep.prepare_prefix, state, groups, threading.local(), model.device.type == "cuda")
+    threads = video_prep.video_threads(model.device.type, config)
+    for decoded in video_prep.decoded_videos(list(groups), config, factor, prepare, threads):
         video_questions = groups[decoded.path]
         texts = texts_of(processor, config, video_questions)
         if decoded.prefix is not None:

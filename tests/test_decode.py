@@ -10,6 +10,7 @@ import torch
 from conftest import read_results, video_and_texts
 
 import decode
+import video_prep
 import worker
 from decode import FastDecoder, unsupported_reason
 from generation import (
@@ -187,11 +188,11 @@ def test_background_threads_prepare_videos_in_order(demo_dirs, monkeypatch):
     config = worker.EvalConfig(num_frames=32, fps=1.0, target_resolution=[448, 448], prompt_type="official")
     apply_protocol(config, "qwen2_5_vl")  # protocol none: every other setting its default
     state = worker.Worker(0, config, model, processor, None, None, None)
-    prepare = partial(worker.prepare_prefix, state, groups, worker.threading.local(), False)
-    decoded = list(worker.decoded_videos(list(groups), config, 28, prepare, threads=3))
+    prepare = partial(video_prep.prepare_prefix, state, groups, video_prep.threading.local(), False)
+    decoded = list(video_prep.decoded_videos(list(groups), config, 28, prepare, threads=3))
     assert [d.path for d in decoded] == list(groups)
     for item in decoded:
-        _, texts, _ = worker.video_texts(state, processor, groups[item.path])
+        _, texts, _ = video_prep.video_texts(state, processor, groups[item.path])
         text = shared_prefix_text(list(texts.values()))
         expected = prefix_inputs(processor, item.video, text, config.position_fps)
         assert item.prefix.text == text and item.error is None

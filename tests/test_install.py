@@ -34,6 +34,8 @@ def test_pip_install_gives_both_commands(demo_dirs, demo_run, tmp_path):
 
     hidden = run("-c", "import qwen_vl_utils")
     assert "No module named 'qwen_vl_utils'" in hidden.stderr
+    api = run("-c", "from vsibench_eval import evaluate; import eval_qwen; print(eval_qwen.__file__)")
+    assert api.returncode == 0 and api.stdout.startswith(str(target / "vsibench_eval" / "modules")), api.stderr
 
     results = demo_run("qwen2_5_vl") / "vsibench_results_default.jsonl"
     scored = run(str(target / "bin" / "vsibench-score"), str(results), "--json")

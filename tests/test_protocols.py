@@ -25,7 +25,7 @@ from prompts import build_prompt, cogmap_block
 from protocols import EVALUATOR_DEFAULTS, apply_protocol, describe, deviations, effective_settings
 from qwen_vl_utils import VideoError, load_video, sample_frame_indices
 from util import DataError
-from worker import frame_rules
+from video_prep import frame_rules
 
 PROTOCOLS = ("none", "spatial_r1", "vsibench_official", "lmms_eval")
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")

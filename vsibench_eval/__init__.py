@@ -27,3 +27,10 @@ def score_command() -> None:
     import report
 
     sys.exit(report.main())
+
+
+def evaluate(model=None, processor=None, **config) -> dict:
+    """eval_qwen.evaluate (the Python API, README "From Python"), importable from an installed copy."""
+    import eval_qwen
+
+    return eval_qwen.evaluate(model, processor, **config)
