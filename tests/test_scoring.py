@@ -83,6 +83,18 @@ def test_answer_span_is_scored_when_present():
     assert score_record(record) == 1.0
 
 
+@pytest.mark.parametrize(
+    "answer_span, read",
+    [("first", "B"), ("last", "C"), ("none", "A"), (None, "C")],  # None: a record written before the field existed
+)
+def test_the_record_s_answer_span_picks_what_is_scored(answer_span, read):
+    # Raw, the prediction's first token is A; its first <answer> span says B, its last C.
+    record = {"prediction": "A <answer>B</answer> no, <answer>C</answer>", "question_type": "route_planning"}
+    if answer_span is not None:
+        record["answer_span"] = answer_span
+    assert [score_record(record | {"ground_truth": letter}) for letter in "ABC"] == [float(c == read) for c in "ABC"]
+
+
 def test_failed_record_scores_zero_even_with_right_text():
     record = {"prediction": "A", "ground_truth": "A", "question_type": "route_planning", "error": "video missing"}
     assert score_record(record) == 0.0
