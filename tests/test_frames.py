@@ -5,7 +5,18 @@ import pytest
 from PIL import Image
 
 from demo_data import write_video
-from qwen_vl_utils import VideoError, VideoFrames, fit_resolution, load_video, resize_frame, sample_frame_indices
+from qwen_vl_utils import (
+    FrameRules,
+    VideoError,
+    VideoFrames,
+    fit_resolution,
+    frame_pixel_limits,
+    load_video,
+    resize_frame,
+    resize_frames,
+    sample_frame_indices,
+    spatial_r1_size,
+)
 
 
 def test_uniform_over_whole_video_first_and_last_included():
@@ -140,3 +151,44 @@ def test_short_and_slow_videos_decode_with_their_times(tmp_path):
     write_video(tmp_path / "three.mp4", frames, fps=3)  # 4 frames at 3 fps: times rounded to milliseconds
     video = load_video(str(tmp_path / "three.mp4"), 8, 0, (448, 448), 28)
     assert video.timestamps == [0.0, 0.333, 0.667, 1.0] and video.duration == 1.333
+
+
+@pytest.mark.parametrize(
+    "rules, factor, num_frames, expected",
+    [
+        # defaults: 128 x 28² = 100,352 at least, 768 x 28² = 602,112 at most
+        (FrameRules(), 28, 32, (100_352, 602_112)),
+        (FrameRules(), 32, 32, (131_072, 786_432)),  # Qwen3-VL's factor
+        # the video's budget binds: 3,200,000 / 32 x 2 = 200,000 per frame
+        (FrameRules(total_pixels=3_200_000), 28, 32, (100_352, 200_000)),
+        # the budget is below the floor: 1.05 x 100,352 = 105,369.6, truncated
+        (FrameRules(total_pixels=1_280_000), 28, 32, (100_352, 105_369)),
+        # lmms-eval's values for Qwen2.5-VL: the budget (5,644,800 per frame) does not bind
+        (FrameRules(min_pixels=200_704, max_pixels=1_605_632, total_pixels=90_316_800), 28, 32, (200_704, 602_112)),
+        (FrameRules(max_pixels=500_000), 28, 32, (100_352, 500_000)),  # an explicit maximum below 768 x 28²
+    ],
+)
+def test_smart_resize_pixel_limits_by_hand(rules, factor, num_frames, expected):
+    assert frame_pixel_limits(rules, factor, num_frames) == expected
+
+
+@pytest.mark.parametrize(
+    "height, width, expected",
+    [
+        (480, 640, (448, 336)),  # the defect: a 640x480 frame comes out 336 wide and 448 tall
+        (1440, 1920, (448, 336)),
+        (640, 480, (336, 448)),  # portrait: swapped the other way
+        (336, 448, (336, 448)),  # longer side already 448: left as it was
+        (300, 400, (300, 400)),
+        (1000, 1000, (448, 448)),
+    ],
+)
+def test_spatial_r1_size_by_hand(height, width, expected):
+    assert spatial_r1_size(height, width, 448) == expected
+
+
+def test_spatial_r1_upscales_a_frame_below_the_image_minimum():
+    # 28x28 is not resized by the original script (longer side within 448); qwen-vl-utils' image minimum of
+    # 4 x 28² = 3,136 pixels then scales both sides by sqrt(3136 / 784) = 2.
+    frames = np.zeros((1, 28, 28, 3), dtype=np.uint8)
+    assert resize_frames(frames, (448, 448), 28, FrameRules(resize="spatial_r1")).shape == (1, 56, 56, 3)
