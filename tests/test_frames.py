@@ -10,6 +10,7 @@ from qwen_vl_utils import (
     VideoError,
     VideoFrames,
     fit_resolution,
+    frame_count,
     frame_pixel_limits,
     load_video,
     resize_frame,
@@ -192,3 +193,27 @@ def test_spatial_r1_upscales_a_frame_below_the_image_minimum():
     # 4 x 28² = 3,136 pixels then scales both sides by sqrt(3136 / 784) = 2.
     frames = np.zeros((1, 28, 28, 3), dtype=np.uint8)
     assert resize_frames(frames, (448, 448), 28, FrameRules(resize="spatial_r1")).shape == (1, 56, 56, 3)
+
+
+@pytest.mark.parametrize(
+    "total_frames, num_frames, rule, expected",
+    [
+        (100, 7, "exact", 7),  # an odd count is kept as asked
+        (3, 32, "even_within_video", 2),  # capped at the video's 3 frames, floored to even
+        (4, 4, "even", 4),  # every frame of the video
+        (100, 7, "even", 8),  # round(3.5) = 4 pairs
+    ],
+)
+def test_frame_count_rules_by_hand(total_frames, num_frames, rule, expected):
+    assert frame_count(total_frames, 10.0, num_frames, 0, rule) == expected
+
+
+def test_frame_count_is_exact_by_default():
+    assert frame_count(100, 10.0, 7, 0) == 7
+
+
+def test_smart_resize_upscales_a_small_frame_to_the_video_minimum():
+    # 56x56 = 3,136 pixels, below 128 x 28² = 100,352: both sides scale by sqrt(32) = 5.66 and round up to
+    # ceil(56 x 5.66 / 28) x 28 = 336.
+    frames = np.zeros((1, 56, 56, 3), dtype=np.uint8)
+    assert resize_frames(frames, (448, 448), 28, FrameRules(resize="smart_resize")).shape == (1, 336, 336, 3)
