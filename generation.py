@@ -39,35 +39,37 @@ def load_model(
     dtype = dtype or (torch.bfloat16 if on_gpu else torch.float32)
     attention = "flash_attention_2" if on_gpu and is_flash_attn_2_available() else "sdpa"
     processor = AutoProcessor.from_pretrained(model_name, trust_remote_code=trust_remote_code)
-    processor.tokenizer.padding_side = "left"
     model = AutoModelForImageTextToText.from_pretrained(  # weights go straight to the device
         model_name, dtype=dtype, attn_implementation=attention, trust_remote_code=trust_remote_code, device_map=device
     )
+    info = set_up_for_evaluation(model, processor, mrope_positions)
+    return model, processor, info
+
+
+def set_up_for_evaluation(model, processor, mrope_positions: str) -> dict:
+    """Eval mode, left padding, M-RoPE positions by the published rule unless `mrope_positions` is
+    "transformers"; returns what the worker's report says of the model (dtype, attention, positions)."""
+    processor.tokenizer.padding_side = "left"
     if mrope_positions == "published":
         use_published_positions(model)
-    info = {"dtype": str(dtype).removeprefix("torch."), "attention": attention, "mrope_positions": mrope_positions}
-    return model.eval(), processor, info
+    model.eval()
+    return {
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "attention": model.config._attn_implementation,
+        "mrope_positions": mrope_positions,
+    }
 
 
 @contextmanager
 def lent_model(model, processor, mrope_positions: str = "published"):
     """A model and processor the caller holds (e.g. a training loop's), set up for evaluation as load_model sets
-    up its own: eval mode, no gradients, left padding, M-RoPE positions by the published rule unless
-    `mrope_positions` is "transformers". Afterwards the train/eval mode, the grad mode, the padding side and the
-    model's own positions are as they were. Yields the info load_model returns."""
+    up its own (set_up_for_evaluation), with no gradients. Afterwards the train/eval mode, the grad mode, the
+    padding side and the model's own positions are as they were. Yields the info load_model returns."""
     inner, tokenizer = model.model, processor.tokenizer
     was_training, padding_side = model.training, tokenizer.padding_side
     patched = vars(inner).get("get_rope_index")  # None unless the instance already carries its own
     deltas = getattr(inner, "rope_deltas", None)
-    tokenizer.padding_side = "left"
-    if mrope_positions == "published":
-        use_published_positions(model)
-    info = {
-        "dtype": str(model.dtype).removeprefix("torch."),
-        "attention": model.config._attn_implementation,
-        "mrope_positions": mrope_positions,
-    }
-    model.eval()
+    info = set_up_for_evaluation(model, processor, mrope_positions)
     try:
         with torch.no_grad():
             yield info
