@@ -217,3 +217,24 @@ def test_smart_resize_upscales_a_small_frame_to_the_video_minimum():
     # ceil(56 x 5.66 / 28) x 28 = 336.
     frames = np.zeros((1, 56, 56, 3), dtype=np.uint8)
     assert resize_frames(frames, (448, 448), 28, FrameRules(resize="smart_resize")).shape == (1, 336, 336, 3)
+
+
+def test_smart_resize_downscales_with_torchvision_antialiased_bicubic():
+    # 1120x1120 = 1,254,400 pixels, above 768 x 28² = 602,112: both sides shrink by sqrt(1254400 / 602112)
+    # = 1.443 and round down to floor(1120 / 1.443 / 28) x 28 = 756. The pixels are qwen-vl-utils' own step,
+    # torchvision's bicubic resize with antialias, which differs from bilinear and from no antialias.
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import resize
+
+    frames = np.random.default_rng(0).integers(0, 256, size=(1, 1120, 1120, 3), dtype=np.uint8)
+    resized = resize_frames(frames, (448, 448), 28, FrameRules(resize="smart_resize"))
+    assert resized.shape == (1, 756, 756, 3)
+
+    def torchvision_resize(interpolation, antialias):
+        video = resize(torch.from_numpy(frames).permute(0, 3, 1, 2), [756, 756], interpolation, antialias=antialias)
+        return video.permute(0, 2, 3, 1).numpy()
+
+    assert np.array_equal(resized, torchvision_resize(InterpolationMode.BICUBIC, True))
+    assert not np.array_equal(resized, torchvision_resize(InterpolationMode.BICUBIC, False))
+    assert not np.array_equal(resized, torchvision_resize(InterpolationMode.BILINEAR, True))

@@ -17,11 +17,13 @@ from generation import (
     generate_plain,
     load_model,
     prefill_prefix,
+    prefix_inputs,
     processor_inputs,
     shared_prefix_text,
 )
 from prefix_cache import prefix_reuse_problem
 from qwen_vl_utils import load_video
+from video_prep import PreparedPrefix
 from worker import video_answerer
 
 
@@ -139,6 +141,39 @@ def test_video_answerer_picks_the_shared_or_the_plain_path(demo_dirs):
     broken = replace(video, frames=video.frames[:, :100, :100])  # not a multiple of the patch size
     answer, error = video_answerer(model, processor, broken, None, texts, config)
     assert answer is None and error.startswith("video prefix failed: RuntimeError: shape ")
+
+
+def test_video_answerer_uses_prepared_inputs_and_times_its_stages(demo_dirs):
+    demo = demo_dirs("qwen2_5_vl")
+    model, processor, _ = load_model(str(demo / "model"), "cpu")
+    video, texts = video_and_texts(demo, processor, 1)
+    config = EvalConfig(position_fps="0.5", max_new_tokens=3)
+    expected = generate_plain(model, processor, video, texts[:2], position_fps="0.5", max_new_tokens=3)
+    prefix_text = shared_prefix_text(texts)
+
+    def answered_with(prepared, config=config):
+        """(answers to two questions, the timer's seconds) of an answerer given `prepared` and a timer."""
+        timer = StageTimer(model)
+        answer, error = video_answerer(model, processor, video, None, texts, config, prepared=prepared, timer=timer)
+        assert error is None
+        answers = answer(texts[:2])
+        timer.remove()
+        return answers, timer.seconds
+
+    # inputs a background thread prepared for this prefix: the processor does not run again
+    prepared = PreparedPrefix(prefix_text, prefix_inputs(processor, video, prefix_text, "0.5"), 0.0)
+    answers, seconds = answered_with(prepared)
+    assert answers == expected and seconds["processor"] == 0 and seconds["host_to_device"] > 0
+
+    # inputs prepared for another text (here a black video's) are not used: the processor runs on this prefix
+    black = replace(video, frames=video.frames * 0)
+    stale = PreparedPrefix(prefix_text + " ", prefix_inputs(processor, black, prefix_text, "0.5"), 0.0)
+    answers, seconds = answered_with(stale)
+    assert answers == expected and seconds["processor"] > 0 and seconds["host_to_device"] > 0
+
+    # the plain path reports its processor and copy stages too
+    answers, seconds = answered_with(None, replace(config, shared_prefix=False))
+    assert answers == expected and seconds["processor"] > 0 and seconds["host_to_device"] > 0
 
 
 def test_a_tie_is_the_only_excuse_for_different_answers():
