@@ -32,6 +32,7 @@ mutation: $(VENV)/installed
 	EVAL_QWEN_TEST_DEMO_DIR=$(CURDIR)/.mutation_demo $(VENV)/bin/mutmut run $(MUTATED) > mutation.log 2>&1
 	$(VENV)/bin/mutmut results --all true > mutants/results.txt
 	@grep -c ': killed' mutants/results.txt | xargs echo "killed:"
+	@grep -c ': timeout' mutants/results.txt | xargs echo "timed out (the mutant hangs, so a test notices):"
 	@sed -n 's/^ *\(.*\): survived$$/\1/p' mutants/results.txt | sort > mutants/survived.txt
 	@grep -v '^#' mutation_survivors.txt | cut -d' ' -f1 | sort > mutants/explained.txt
 	@wc -l < mutants/survived.txt | xargs echo "survived (each explained in mutation_survivors.txt):"
