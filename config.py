@@ -282,20 +282,21 @@ def select_questions(config: EvalConfig) -> tuple[list[dict], str]:
 
 def prepare(
     config: EvalConfig, given: set[str], selected: tuple | None = None, model_type: str | None = None
-) -> tuple[EvalConfig, list[dict], str]:
+) -> tuple[EvalConfig, list[dict], str, str]:
     """The run's final config (a resumed run's saved one, or the demo's; its model resolved; unset fields from its
-    protocol), checked, and its questions. `selected`: (questions, selection) already chosen from the data that
-    `config` names (a sweep chooses them once: find_data, select_questions); `model_type`: the model's, when it
-    is known already (a model given in memory, or resolved by the sweep)."""
+    protocol), checked, its questions, their selection and the model's type. `selected`: (questions, selection)
+    already chosen from the data that `config` names (a sweep chooses them once: find_data, select_questions);
+    `model_type`: the model's, when it is known already (a model given in memory, or resolved by the sweep)."""
     if config.resume:
         config = resume_config(Path(config.resume), given, config)
     elif selected is None:
         config = find_data(config, given)
     check_video_dir(config)  # local files are checked before the model's config is looked up
-    apply_protocol(config, model_type or resolve_model(config))
+    model_type = model_type or resolve_model(config)
+    apply_protocol(config, model_type)
     check_config(config)
     questions, selection = selected or select_questions(config)
-    return config, questions, selection
+    return config, questions, selection, model_type
 
 
 def find_data(config: EvalConfig, given: set[str]) -> EvalConfig:

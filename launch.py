@@ -48,13 +48,13 @@ def run_single(
     run directory exists is raised; once it exists, failures are logged and decide the status (finish_run)."""
     if loaded is not None:
         model_type = loaded[0].config.model_type
-    config, questions, selection = prepare(config, given, selected, model_type)
+    config, questions, selection, model_type = prepare(config, given, selected, model_type)
     run_dir, lock = open_run_dir(config, folder)  # this process owns the run directory until it returns
     resume = f"python eval_qwen.py --resume {run_dir}"
     # A stop signal before or after the workers' run stops it the same way; a caller's own process keeps its handlers.
     stops = stop_signals_interrupt() if loaded is None else contextlib.nullcontext()
     with lock, stops:
-        log = start_log(config, run_dir, questions, selection, model_type=model_type)
+        log = start_log(config, run_dir, questions, selection, model_type)
         try:
             done_ids = answered_ids(run_dir, questions, log)
             started = time.perf_counter()
@@ -207,26 +207,26 @@ def main_torchrun(config: EvalConfig, given: set[str]) -> int:
 def torchrun_rank(config: EvalConfig, given: set[str], dist, gloo, timeout, held: dict) -> int:
     """main_torchrun's work, with stop signals raising Interrupted."""
     rank, world_size, local_rank = torchrun_ranks()
-    decided = [0, None, None]  # exit status, config, run dir: rank 0 decides, the others follow
+    decided = [0, None, None, None]  # exit status, config, run dir, model type: rank 0 decides, the others follow
     if rank == 0:
         try:
-            config, questions, selection = prepare(config, given)
+            config, questions, selection, model_type = prepare(config, given)
             run_dir, held["lock"] = open_run_dir(config)
-            log = start_log(config, run_dir, questions, selection)
+            log = start_log(config, run_dir, questions, selection, model_type)
             done_ids = answered_ids(run_dir, questions, log)  # also cuts torn lines before anyone appends
             log.info(f"torchrun: {world_size} ranks; if the job stops, relaunch it with --resume {run_dir}")
-            decided = [0, config, str(run_dir)]
+            decided = [0, config, str(run_dir), model_type]
         except (DataError, WriteError) as error:
             print(f"error: {error}", file=sys.stderr)
-            decided = [2 if isinstance(error, DataError) else 1, None, None]
+            decided = [2 if isinstance(error, DataError) else 1, None, None, None]
     dist.broadcast_object_list(decided, src=0)
-    status, config, run_dir = decided
+    status, config, run_dir, model_type = decided
     if status:
         return status
     run_dir = held["run_dir"] = Path(run_dir)
     if rank != 0:
         questions, selection = select_questions(config)
-        log = start_log(config, run_dir, questions, selection, logging.WARNING)
+        log = start_log(config, run_dir, questions, selection, model_type, logging.WARNING)
     dist.barrier(group=gloo)
     if rank != 0:
         done_ids = set(shard_records(run_dir, log)) & {q["id"] for q in questions}

@@ -1,6 +1,6 @@
 """The run directory: creating it, its log, the shard files workers append to, what a resumed run finds
-there, and the end of a run (merged results, scores, summary, wandb). Imports config, report, hub_models,
-run_files, stopping, tracking, util.
+there, and the end of a run (merged results, scores, summary, wandb). Imports config, report, run_files,
+stopping, tracking, util.
 
 Layout: config.json, shards/shard_{rank}.jsonl and worker_{rank}.json, vsibench_results_{prompt_type}.jsonl,
 vsibench_eval_{prompt_type}.log, summary.json, and .lock (held by the process that runs in it).
@@ -21,8 +21,7 @@ import transformers
 
 import report
 import tracking
-from config import EvalConfig, model_type_of
-from hub_models import local_model_path
+from config import EvalConfig
 from protocols import describe, effective_settings
 from run_files import LOCK_FILE, RunLock, WriteError, atomic_write
 from stopping import interrupted_status
@@ -137,15 +136,13 @@ def setup_logging(log_path: Path, console_level: int = logging.INFO) -> logging.
 
 
 def start_log(
-    config: EvalConfig, run_dir: Path, questions: list[dict], selection: str, console=logging.INFO, model_type=None
+    config: EvalConfig, run_dir: Path, questions: list[dict], selection: str, model_type: str, console=logging.INFO
 ):
     """The run's logger, with the config, versions and question selection written first. `model_type`: the
-    model's, when it is not read from its checkpoint (a model given in memory)."""
+    model's, as prepare() resolved it (its settings are described by the model's family)."""
     log = setup_logging(run_dir / f"vsibench_eval_{config.prompt_type}.log", console_level=console)
     log.info(f"{'resuming' if config.resume else 'run directory'}: {run_dir}")
     log.info("config: " + json.dumps(asdict(config)))
-    if model_type is None:
-        model_type = model_type_of(local_model_path(config.model_name, config.model_revision), config.trust_remote_code)
     for line in describe(config, model_type):
         log.info(line)
     log.info("versions: " + json.dumps(versions()))
