@@ -1,14 +1,17 @@
-# Quick start: `make demo` runs the evaluator on the embedded demo, `make test` runs lint and tests.
-# Both create the virtual environment from the requirements files on first use.
+# Quick start: `make demo` runs the evaluator on the embedded demo, `make test` runs lint and every test.
+# Both create the virtual environment from the lock (requirements.txt, exact versions) on first use.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
+LATEST := .venv-latest
+# pip on this kind of machine is capped at the torch releases on its disk; the lock follows the same cap.
+PIP_CAP := $(wildcard /etc/xdg/pip/constraints.txt)
 
-.PHONY: demo test lint clean mutation
+.PHONY: demo test test-fast lint lock test-latest clean mutation
 
-$(VENV)/installed: requirements.txt requirements-dev.txt
+$(VENV)/installed: requirements.txt
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PYTHON) -m pip install --quiet -r requirements.txt
 	touch $@
 
 demo: $(VENV)/installed
@@ -21,10 +24,30 @@ lint: $(VENV)/installed
 test: lint
 	$(PYTHON) -m pytest -q
 
+# The unit tests: no whole evaluator runs (those are marked e2e); a couple of minutes on 2 cores.
+test-fast: lint
+	$(PYTHON) -m pytest -q -m "not e2e"
+
+# Regenerate the lock from pyproject.toml's ranges: the newest releases they allow (and this machine's pip cap).
+lock: $(VENV)/installed
+	$(PYTHON) -m pip install --quiet uv==0.13.9
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --upgrade \
+		$(if $(PIP_CAP),--constraint $(PIP_CAP)) --custom-compile-command "make lock" -o requirements.txt
+
+# The tests on the newest releases the ranges allow, in an environment of their own: run it before bumping the lock.
+test-latest:
+	rm -rf $(LATEST)
+	python3 -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST)/bin/python -m pip install --quiet --upgrade ".[dev]"
+	$(LATEST)/bin/pip list 2>/dev/null | grep -iE '^(torch|transformers|tokenizers|accelerate) '
+	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider
+
 # Mutation testing (slow, not part of `make test`): mutmut's mutants of the official metric, frame sampling,
 # rotary positions and the shared-prefix path selection, against the fast tests named in pyproject.toml.
 # Fails when a mutant survives that mutation_survivors.txt does not explain.
-MUTATED := "vsibench_acc.*" "qwen_vl_utils.*" "generation.x_shared_prefix_text*" "worker.x_video_answerer*"
+MUTATED := "vsibench_eval.metric.*" "vsibench_eval.inputs.frames.*" "vsibench_eval.model.positions.*" \
+	"vsibench_eval.model.generation.x_shared_prefix_text*" "vsibench_eval.running.worker.x_video_answerer*"
 
 mutation: $(VENV)/installed
 	$(VENV)/bin/pip install --quiet mutmut==3.8.1
@@ -40,4 +63,4 @@ mutation: $(VENV)/installed
 	@if [ -s mutants/unexplained.txt ]; then echo "unexplained survivors:"; cat mutants/unexplained.txt; exit 1; fi
 
 clean:
-	rm -rf demo_data demo_runs mutants .mutation_demo mutation.log
+	rm -rf demo_data demo_runs mutants .mutation_demo mutation.log $(LATEST)

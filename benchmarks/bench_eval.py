@@ -35,17 +35,16 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import demo_data  # noqa: E402
-import tiny_models  # noqa: E402
-import video_prep  # noqa: E402
-import worker  # noqa: E402
-from config import EvalConfig  # noqa: E402
-from decode import FastDecoder  # noqa: E402
-from generation import StageTimer, chat_text, generate_plain, load_model  # noqa: E402
-from prompts import build_prompt  # noqa: E402
-from protocols import apply_protocol  # noqa: E402
-from qwen_vl_utils import load_video  # noqa: E402
-from util import group_by_video  # noqa: E402
+from vsibench_eval.demo import data as demo_data
+from vsibench_eval.demo import tiny_models
+from vsibench_eval.inputs.frames import load_video  # noqa: E402
+from vsibench_eval.inputs.prompts import build_prompt  # noqa: E402
+from vsibench_eval.inputs.questions import group_by_video  # noqa: E402
+from vsibench_eval.model.decode import FastDecoder  # noqa: E402
+from vsibench_eval.model.generation import StageTimer, chat_text, generate_plain, load_model  # noqa: E402
+from vsibench_eval.running import video_prep, worker
+from vsibench_eval.settings.config import EvalConfig  # noqa: E402
+from vsibench_eval.settings.protocols import apply_protocol  # noqa: E402
 
 FRAME_WIDTH, FRAME_HEIGHT, SOURCE_FPS, SECONDS = 448, 336, 10, 8
 
@@ -139,8 +138,8 @@ def run_fast(model, processor, config, questions, decoder, timer):
     config = dataclasses.replace(config, batch_size=defaults.batch_size, batch_tokens=defaults.batch_tokens)
     factor = processor.video_processor.patch_size * processor.video_processor.merge_size
     groups = group_by_video(questions)
-    state = worker.Worker(0, config, model, processor, template=None, log=None, decoding=None, decoder=decoder)
-    prepare = partial(video_prep.prepare_prefix, state, groups, threading.local(), model.device.type == "cuda")
+    on_gpu = model.device.type == "cuda"
+    prepare = partial(video_prep.prepare_prefix, config, None, processor, groups, threading.local(), on_gpu)
     threads = video_prep.video_threads(model.device.type, config)
     for decoded in video_prep.decoded_videos(list(groups), config, factor, prepare, threads):
         video_questions = groups[decoded.path]

@@ -44,13 +44,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_eval  # noqa: E402
 
-import demo_data  # noqa: E402
-import tiny_models  # noqa: E402
-from config import EvalConfig  # noqa: E402
-from decode import FastDecoder, unsupported_reason  # noqa: E402
-from generation import greedy  # noqa: E402
-from protocols import apply_protocol  # noqa: E402
-from qwen_vl_utils import use_published_positions  # noqa: E402
+from vsibench_eval.demo import data as demo_data
+from vsibench_eval.demo import tiny_models
+from vsibench_eval.model.decode import FastDecoder, unsupported_reason  # noqa: E402
+from vsibench_eval.model.generation import greedy  # noqa: E402
+from vsibench_eval.model.positions import use_published_positions  # noqa: E402
+from vsibench_eval.settings.config import EvalConfig  # noqa: E402
+from vsibench_eval.settings.protocols import apply_protocol  # noqa: E402
 
 # Qwen/Qwen2.5-VL-7B-Instruct's config.json (the special token ids come from the local tokenizer instead).
 QWEN2_5_VL_7B_TEXT = {
@@ -364,6 +364,9 @@ def main() -> None:
         "--compile", action="store_true", help="also run the long scenario's fast pipeline with a torch.compile'd step"
     )
     args = parser.parse_args()
+    if not args.tiny and not torch.cuda.is_available():
+        # the full run builds the 7B architecture (about 16 GB of weights): on a CPU the kernel kills it for memory
+        parser.exit(2, f"{parser.prog}: error: no CUDA GPU here; run with --tiny to check the script on a CPU\n")
     device = "cuda:0" if torch.cuda.is_available() and not args.tiny else "cpu"
     deadline = STARTED + args.budget_s
     scenarios = TINY_SCENARIOS if args.tiny else SCENARIOS

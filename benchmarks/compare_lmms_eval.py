@@ -26,14 +26,22 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from config import EvalConfig, model_type_of  # noqa: E402
-from demo_assets import ensure_demo  # noqa: E402
-from generation import chat_text, decoding_config, generate_plain, greedy, load_model, processor_inputs  # noqa: E402
-from prompts import build_prompt  # noqa: E402
-from protocols import apply_protocol  # noqa: E402
-from qwen_vl_utils import load_video  # noqa: E402
-from util import group_by_video, load_questions  # noqa: E402
-from worker import frame_rules  # noqa: E402
+from vsibench_eval.demo.assets import ensure_demo  # noqa: E402
+from vsibench_eval.inputs.frames import load_video  # noqa: E402
+from vsibench_eval.inputs.prompts import build_prompt  # noqa: E402
+from vsibench_eval.inputs.questions import group_by_video, load_questions  # noqa: E402
+from vsibench_eval.model.generation import (  # noqa: E402
+    chat_text,
+    decoding_config,
+    generate_plain,
+    greedy,
+    load_model,
+    processor_inputs,
+)
+from vsibench_eval.running.prepare import model_type_of  # noqa: E402
+from vsibench_eval.running.video_prep import frame_rules  # noqa: E402
+from vsibench_eval.settings.config import EvalConfig  # noqa: E402
+from vsibench_eval.settings.protocols import apply_protocol  # noqa: E402
 
 HOOK = Path(__file__).resolve().parent / "lmms_eval_hook.py"
 TASK_YAML = """include: {vsibench_yaml}

@@ -7,13 +7,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import read_results
+from helpers import read_results
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import eval_qwen
-import generation
-import launch
-from util import DataError
+from vsibench_eval.errors import DataError
+from vsibench_eval.model import generation
+from vsibench_eval.running import launch
 
 SETTINGS = {"batch_size": 4, "max_new_tokens": 8, "num_processes": 1}
 
@@ -23,6 +23,7 @@ def demo_paths(demo_dirs) -> dict:
     return {"parquet_file": str(demo / "vsibench" / "test.parquet"), "video_dir": str(demo / "vsibench")}
 
 
+@pytest.mark.e2e
 def test_evaluate_by_name_and_in_memory_give_the_same_predictions(demo_dirs, tmp_path, monkeypatch):
     model_dir = demo_dirs("qwen2_5_vl") / "model"
     data = demo_paths(demo_dirs)
@@ -63,6 +64,7 @@ def test_evaluate_by_name_and_in_memory_give_the_same_predictions(demo_dirs, tmp
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.e2e
 def test_evaluate_in_memory_keeps_eval_mode_and_names_the_run(demo_dirs, tmp_path):
     model_dir = demo_dirs("qwen2_5_vl") / "model"
     model = AutoModelForImageTextToText.from_pretrained(str(model_dir), dtype=torch.float32).eval()
@@ -81,6 +83,7 @@ def test_evaluate_in_memory_keeps_eval_mode_and_names_the_run(demo_dirs, tmp_pat
     assert list(summary["tasks"]) == ["object_counting"] and summary["n"] == 4
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("settings", "needle"),
     [
@@ -100,6 +103,7 @@ def test_bad_settings_raise_data_error_naming_the_field(demo_dirs, tmp_path, set
     assert not tmp_path.exists() or not any(tmp_path.iterdir())  # refused before a run directory was made
 
 
+@pytest.mark.e2e
 def test_a_processor_without_a_model_and_a_model_of_another_kind_are_refused(demo_dirs):
     with pytest.raises(DataError, match="processor: given without a model"):
         eval_qwen.evaluate(processor=object())

@@ -11,9 +11,9 @@ from typing import Literal
 
 import pytest
 
-import report
-from cli import dataclass_parser, field_comments, parse_dataclass
-from config import EvalConfig, parse_config
+from vsibench_eval.scoring import report
+from vsibench_eval.settings.command_line import dataclass_parser, field_comments, parse_dataclass
+from vsibench_eval.settings.config import EvalConfig, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,6 +59,7 @@ def test_every_config_field_has_help_text():
     assert [f.name for f in dataclasses.fields(EvalConfig) if not comments.get(f.name)] == []
 
 
+@pytest.mark.e2e
 def test_eval_qwen_help_lists_help_text_and_the_main_blocks_defaults():
     wide = {**os.environ, "COLUMNS": "1000"}  # argparse wraps at hyphens otherwise ("score- changing")
     done = subprocess.run(
@@ -88,6 +89,7 @@ except SystemExit as stop:
 """
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "argv, status",
     [(["eval_qwen.py", "--help"], 0), (["eval_qwen.py", "--num_proc", "2"], 2), (["vsibench-eval", "--help"], 0)],

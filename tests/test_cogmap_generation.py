@@ -10,11 +10,12 @@ evaluator.
 
 import json
 
+import pytest
 import torch
 import transformers
-from conftest import read_results, run_eval
+from helpers import read_results, run_eval
 
-from generation import chat_text
+from vsibench_eval.model.generation import chat_text
 
 MAP_PIECES = ['{"sofa": [', "2, ", "3]}"]
 MAP_TEXT = "".join(MAP_PIECES)  # what the rigged model writes: {"sofa": [2, 3]}
@@ -43,6 +44,7 @@ def rig_map_writer(source, target) -> None:
     processor.save_pretrained(target)
 
 
+@pytest.mark.e2e
 def test_generated_maps_go_into_every_prompt(demo_dirs, tmp_path):
     demo = demo_dirs("qwen2_5_vl")
     rig_map_writer(demo / "model", tmp_path / "map_writer")

@@ -5,14 +5,10 @@ import json
 import pandas as pd
 import pytest
 
-from cogmap import load_offloaded_maps, offloaded_map, parse_cognitive_map
-from prompts import build_prompt, cogmap_block, load_prompt_template
-from util import (
-    DataError,
-    load_questions,
-    select_question_types,
-    select_subset,
-)
+from vsibench_eval.errors import DataError
+from vsibench_eval.inputs.cogmap import load_offloaded_maps, offloaded_map, parse_cognitive_map
+from vsibench_eval.inputs.prompts import build_prompt, cogmap_block, load_prompt_template
+from vsibench_eval.inputs.questions import load_questions, select_question_types, select_subset
 
 SR_ROWS = [
     {
@@ -228,7 +224,7 @@ def test_offloaded_maps_match_float_and_string_ids_and_skip_blank_rows(tmp_path)
 
 
 def test_generic_video_r1_types_are_scored_as_tasks_of_their_own():
-    from report import aggregate, format_table
+    from vsibench_eval.scoring.report import aggregate, format_table
 
     records = [
         {"question_type": "multiple choice", "prediction": "A", "ground_truth": "A", "options": ["A. x", "B. y"]},

@@ -7,13 +7,12 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import read_results, video_and_texts
+from helpers import read_results, video_and_texts
 
-import decode
-import video_prep
-import worker
-from decode import FastDecoder, unsupported_reason
-from generation import (
+from vsibench_eval.inputs.questions import group_by_video, load_questions
+from vsibench_eval.model import decode
+from vsibench_eval.model.decode import FastDecoder, unsupported_reason
+from vsibench_eval.model.generation import (
     StageTimer,
     generate_from_prefix,
     generate_plain,
@@ -23,8 +22,8 @@ from generation import (
     prefix_inputs,
     shared_prefix_text,
 )
-from protocols import apply_protocol
-from util import group_by_video, load_questions
+from vsibench_eval.running import video_prep, worker
+from vsibench_eval.settings.protocols import apply_protocol
 
 
 def answer_tokens(model, processor, monkeypatch):
@@ -187,12 +186,11 @@ def test_background_threads_prepare_videos_in_order(demo_dirs, monkeypatch):
     groups = group_by_video(questions)
     config = worker.EvalConfig(num_frames=32, fps=1.0, target_resolution=[448, 448], prompt_type="official")
     apply_protocol(config, "qwen2_5_vl")  # protocol none: every other setting its default
-    state = worker.Worker(0, config, model, processor, None, None, None)
-    prepare = partial(video_prep.prepare_prefix, state, groups, video_prep.threading.local(), False)
+    prepare = partial(video_prep.prepare_prefix, config, None, processor, groups, video_prep.threading.local(), False)
     decoded = list(video_prep.decoded_videos(list(groups), config, 28, prepare, threads=3))
     assert [d.path for d in decoded] == list(groups)
     for item in decoded:
-        _, texts, _ = video_prep.video_texts(state, processor, groups[item.path])
+        _, texts, _ = video_prep.video_texts(config, None, processor, groups[item.path])
         text = shared_prefix_text(list(texts.values()))
         expected = prefix_inputs(processor, item.video, text, config.position_fps)
         assert item.prefix.text == text and item.error is None
@@ -211,6 +209,7 @@ def test_stage_timer_adds_up_stages_without_waiting():
     assert timer.seconds["generation"] > 0 and timer.seconds["prefill"] == 0
 
 
+@pytest.mark.e2e
 def test_demo_run_is_the_same_with_either_decoder(demo_run):
     fast_dir, hf_dir = demo_run("qwen2_5_vl"), demo_run("qwen2_5_vl", "--decoder", "hf")
     assert read_results(fast_dir) == read_results(hf_dir)

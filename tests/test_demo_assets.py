@@ -11,10 +11,10 @@ import torch
 import transformers
 from transformers.cache_utils import LinearAttentionLayer
 
-import demo_assets
-import demo_data
-import tiny_models
-from util import QWEN_VL_MODEL_TYPES
+from vsibench_eval.demo import assets as demo_assets
+from vsibench_eval.demo import data as demo_data
+from vsibench_eval.demo import tiny_models
+from vsibench_eval.model.families import QWEN_VL_MODEL_TYPES
 
 PATCH_SIZE = {"qwen2_vl": 14, "qwen2_5_vl": 14} | dict.fromkeys(
     ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "qwen4_exp"), 16

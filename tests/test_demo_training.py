@@ -6,13 +6,14 @@ import re
 import shutil
 
 import numpy as np
-from conftest import read_results, run_eval
+import pytest
+from helpers import read_results, run_eval
 
-import demo_assets
-import demo_training
-from generation import load_model
-from tiny_models import build_tiny_checkpoint
-from util import MCA_QUESTION_TYPES
+from vsibench_eval.demo import assets as demo_assets
+from vsibench_eval.demo import training as demo_training
+from vsibench_eval.demo.tiny_models import build_tiny_checkpoint
+from vsibench_eval.metric import MCA_QUESTION_TYPES
+from vsibench_eval.model.generation import load_model
 
 
 def test_training_rows_are_the_evaluators_prompts_with_only_the_answer_labelled(demo_dirs):
@@ -54,6 +55,7 @@ def test_training_is_deterministic_and_changes_the_weights(tmp_path):
     assert weights[0] == weights[1]
 
 
+@pytest.mark.e2e
 def test_the_trained_demo_scores_above_zero_and_its_tasks_differ(demo_dirs, tmp_path):
     demo = tmp_path / "demo"
     shutil.copytree(demo_dirs("qwen2_5_vl") / "vsibench", demo / "vsibench")

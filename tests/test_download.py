@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import read_results, run_eval
+from helpers import read_results, run_eval
 from huggingface_hub import errors
 
-import download
-from util import DataError
+from vsibench_eval.errors import DataError
+from vsibench_eval.inputs import download
 
 
 def zip_videos(video_dir: Path, name: str, out: Path, nested: bool = True) -> None:
@@ -54,6 +54,7 @@ def fake_hub(hub, monkeypatch):
     return calls
 
 
+@pytest.mark.e2e
 def test_download_then_evaluate(fake_hub, hub, demo_dirs, tmp_path):
     data_dir = tmp_path / "data"
     argv = [
@@ -125,6 +126,7 @@ def test_a_zip_that_escapes_its_folder_is_refused(fake_hub, hub, tmp_path):
     assert not (tmp_path / "evil.mp4").exists()
 
 
+@pytest.mark.e2e
 def test_offline_without_a_cached_copy_stops_with_exit_2(monkeypatch, tmp_path, capsys):
     def offline(repo_id, filename, revision):
         raise errors.LocalEntryNotFoundError("Cannot reach the Hub and the file is not cached")
@@ -138,6 +140,7 @@ def test_offline_without_a_cached_copy_stops_with_exit_2(monkeypatch, tmp_path, 
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.e2e
 def test_missing_data_says_how_to_get_it(tmp_path, capsys):
     argv = ["--parquet_file", str(tmp_path / "test.parquet"), "--video_dir", str(tmp_path / "videos")]
     assert run_eval([*argv, "--output_dir_base", str(tmp_path / "runs")])[0] == 2

@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import read_results, run_eval
+from helpers import read_results, run_eval
 
-import report
-import tiny_models
-from config import EvalConfig, parse_config
-from demo_data import DEMO_SCENES
-from util import debug_subset, load_questions
+from vsibench_eval.demo import tiny_models
+from vsibench_eval.demo.data import DEMO_SCENES
+from vsibench_eval.inputs.questions import debug_subset, load_questions
+from vsibench_eval.scoring import report
+from vsibench_eval.settings.config import EvalConfig, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORD_KEYS = {
@@ -48,6 +48,7 @@ HALF = ("--debug_mode", "true", "--debug_size", "20", "--seed", "0")
 FAMILY_RUN = {"qwen2_vl": (), "qwen2_5_vl": (), "qwen3_vl": ()}
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("family", tiny_models.FAMILIES)
 def test_each_family_runs_end_to_end(family, demo_dirs, demo_run):
     extra = FAMILY_RUN.get(family, HALF)
@@ -75,6 +76,7 @@ def test_each_family_runs_end_to_end(family, demo_dirs, demo_run):
     assert {"config.json", "summary.json", "vsibench_eval_default.log"} <= {p.name for p in run_dir.iterdir()}
 
 
+@pytest.mark.e2e
 def test_rescoring_the_results_file_matches_log_and_summary(demo_run, capsys):
     run_dir = demo_run("qwen2_5_vl")
     results = run_dir / "vsibench_results_default.jsonl"
@@ -99,6 +101,7 @@ def test_rescoring_the_results_file_matches_log_and_summary(demo_run, capsys):
     assert summary["settings"]["attention"] == ["sdpa"] and summary["versions"]["torch"]
 
 
+@pytest.mark.e2e
 def test_two_workers_give_exactly_the_results_of_one(demo_run):
     one = read_results(demo_run("qwen2_5_vl"))
     two_dir = demo_run("qwen2_5_vl", "--num_processes", "2")
@@ -106,12 +109,14 @@ def test_two_workers_give_exactly_the_results_of_one(demo_run):
     assert read_results(two_dir) == one
 
 
+@pytest.mark.e2e
 def test_debug_subset_runs_the_seeded_questions(demo_dirs, demo_run):
     run_dir = demo_run("qwen2_5_vl", "--debug_mode", "true", "--debug_size", "6", "--seed", "3")
     questions = load_questions(str(demo_dirs("qwen2_5_vl") / "vsibench" / "test.parquet"), "unused")
     assert [r["id"] for r in read_results(run_dir)] == [q["id"] for q in debug_subset(questions, 6, 3)]
 
 
+@pytest.mark.e2e
 def test_missing_video_scores_zero_and_is_counted(demo_dirs, tmp_path):
     demo = tmp_path / "demo"
     shutil.copytree(demo_dirs("qwen2_5_vl"), demo)
@@ -139,6 +144,7 @@ def test_cli_overrides_any_field():
     assert given == {"num_frames", "target_resolution", "debug_mode", "prompt_type"}
 
 
+@pytest.mark.e2e
 def test_bad_data_file_exits_2_before_loading_a_model(demo_dirs, tmp_path):
     demo = demo_dirs("qwen2_5_vl")
     argv = [sys.executable, "eval_qwen.py", "--model_name", str(demo / "model"), "--video_dir", str(demo / "vsibench")]
@@ -156,6 +162,7 @@ def test_bad_data_file_exits_2_before_loading_a_model(demo_dirs, tmp_path):
     assert not_a_model.returncode == 2 and "no config.json" in not_a_model.stderr
 
 
+@pytest.mark.e2e
 def test_position_rule_is_logged_recorded_and_changes_generations(demo_run):
     published_dir = demo_run("qwen2_5_vl")
     library_dir = demo_run("qwen2_5_vl", "--mrope_positions", "transformers")
@@ -170,6 +177,7 @@ def test_position_rule_is_logged_recorded_and_changes_generations(demo_run):
         assert settings["mrope_positions"] == rule and settings["position_fps"] == "2.0"
 
 
+@pytest.mark.e2e
 def test_a_linear_attention_family_gives_the_same_run_with_and_without_the_shared_prefix(demo_run):
     # Qwen3.5's run here; test_generation compares the two paths for every family at batch sizes 1 and 4.
     shared_dir, plain_dir = demo_run("qwen3_5", *HALF), demo_run("qwen3_5", *HALF, "--shared_prefix", "false")
@@ -179,6 +187,7 @@ def test_a_linear_attention_family_gives_the_same_run_with_and_without_the_share
     assert "M-RoPE positions agree with the published rule" in log
 
 
+@pytest.mark.e2e
 def test_shared_prefix_and_plain_paths_give_the_same_run(demo_run):
     shared_dir, plain_dir = demo_run("qwen2_5_vl"), demo_run("qwen2_5_vl", "--shared_prefix", "false")
     assert read_results(shared_dir) == read_results(plain_dir)

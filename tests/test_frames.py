@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from demo_data import write_video
-from qwen_vl_utils import (
+from vsibench_eval.demo.data import write_video
+from vsibench_eval.inputs.frames import (
     FrameRules,
     VideoError,
     VideoFrames,

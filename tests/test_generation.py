@@ -5,12 +5,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import video_and_texts
+from helpers import video_and_texts
 from transformers import AutoConfig, AutoProcessor, Qwen2Config
 
-import tiny_models
-from config import EvalConfig
-from generation import (
+from vsibench_eval.demo import tiny_models
+from vsibench_eval.inputs.frames import load_video
+from vsibench_eval.model.generation import (
     StageTimer,
     chat_text,
     generate_from_prefix,
@@ -21,10 +21,10 @@ from generation import (
     processor_inputs,
     shared_prefix_text,
 )
-from prefix_cache import prefix_reuse_problem
-from qwen_vl_utils import load_video
-from video_prep import PreparedPrefix
-from worker import video_answerer
+from vsibench_eval.model.prefix_cache import prefix_reuse_problem
+from vsibench_eval.running.video_prep import PreparedPrefix
+from vsibench_eval.running.worker import video_answerer
+from vsibench_eval.settings.config import EvalConfig
 
 
 def keep_step_logits(model) -> list:

@@ -7,10 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import read_results, run_eval
+from helpers import read_results, run_eval
 from huggingface_hub import constants
 
-import hub_models
+from vsibench_eval.model import hub as hub_models
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -47,6 +47,7 @@ def demo_argv(demo_dirs, tmp_path, model_name: str) -> list[str]:
     return ["--demo", "--demo_dir", str(demo), "--model_name", model_name, *output, *SUBSET]
 
 
+@pytest.mark.e2e
 def test_a_cached_hub_model_runs_offline_and_config_keeps_its_id_and_commit(
     offline_cache, demo_dirs, demo_run, tmp_path
 ):
@@ -63,6 +64,7 @@ def test_a_cached_hub_model_runs_offline_and_config_keeps_its_id_and_commit(
     assert run_eval(["--resume", str(run_dir), "--output_dir_base", str(tmp_path / "runs")])[0] == 0
 
 
+@pytest.mark.e2e
 def test_offline_without_a_cached_copy_stops_at_once_with_exit_2(offline_cache, demo_dirs, tmp_path, capsys):
     status, run_dir = run_eval(demo_argv(demo_dirs, tmp_path, "tiny-org/absent-vl"))
     assert status == 2 and run_dir is None  # before any run directory or worker
@@ -72,6 +74,7 @@ def test_offline_without_a_cached_copy_stops_at_once_with_exit_2(offline_cache, 
     assert "Traceback" not in error
 
 
+@pytest.mark.e2e
 def test_a_hub_model_is_downloaded_once_in_the_parent_and_workers_load_the_snapshot(
     offline_cache, demo_dirs, tmp_path, monkeypatch
 ):

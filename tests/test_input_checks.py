@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 
 import eval_qwen
-import report
-from cogmap import load_offloaded_maps
-from config import EvalConfig
-from util import DataError, load_questions
+from vsibench_eval.errors import DataError
+from vsibench_eval.inputs.cogmap import load_offloaded_maps
+from vsibench_eval.inputs.questions import load_questions
+from vsibench_eval.scoring import report
+from vsibench_eval.settings.config import EvalConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CHOICE_ROW = {
@@ -45,6 +46,7 @@ def run_on_rows(demo, tmp_path, rows, *flags) -> int:
     return eval_qwen.main(EvalConfig(output_dir_base=str(tmp_path / "runs")), [*argv, *flags])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "row, column, why",
     [
@@ -117,6 +119,7 @@ def test_video_filenames_leading_outside_video_dir_are_refused(tmp_path, video_f
         load_questions(str(path), "/videos")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "flags, needle",
     [
@@ -146,6 +149,7 @@ def demo_run_dir(demo: Path, run_dir: Path) -> Path:
     return run_dir
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "content, needle",
     [
@@ -167,6 +171,7 @@ def test_a_bad_saved_config_is_refused_on_resume(tmp_path, capsys, content, need
     assert err.startswith(f"error: resume: {tmp_path / 'run' / 'config.json'}: ") and needle in err
 
 
+@pytest.mark.e2e
 def test_a_shard_with_bytes_that_are_not_utf8_is_refused_on_resume(demo_dirs, tmp_path, capsys):
     run_dir = demo_run_dir(demo_dirs("qwen2_5_vl"), tmp_path / "run")
     shard = run_dir / "shards" / "shard_0.jsonl"
@@ -176,6 +181,7 @@ def test_a_shard_with_bytes_that_are_not_utf8_is_refused_on_resume(demo_dirs, tm
     assert shard.read_bytes().endswith(b'{"id": 2}\n')  # nothing cut, nothing written
 
 
+@pytest.mark.e2e
 def test_run_dir_must_be_new_empty_or_a_run(demo_dirs, tmp_path, capsys):
     demo = demo_dirs("qwen2_5_vl")
     foreign = tmp_path / "foreign"
@@ -191,6 +197,7 @@ def test_run_dir_must_be_new_empty_or_a_run(demo_dirs, tmp_path, capsys):
     assert f"cannot create the run directory in {blocked / 'model'}: Not a directory" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_offloaded_maps_from_nested_parquet_columns_are_refused(demo_dirs, tmp_path, capsys):
     maps = tmp_path / "maps.parquet"
     pd.DataFrame({"id": [6], "cognitive_map": [[[1, 2], [3, 4]]]}).to_parquet(maps)  # a list<list<int>> column

@@ -10,9 +10,9 @@ import pytest
 import torch
 import transformers
 
-import tiny_models
-from qwen_vl_utils import (
-    QWEN_VL_MODEL_TYPES,
+from vsibench_eval.demo import tiny_models
+from vsibench_eval.model.families import QWEN_VL_MODEL_TYPES
+from vsibench_eval.model.positions import (
     compare_positions,
     describe_token,
     format_position,

@@ -19,14 +19,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import read_results, run_eval, settled_config
+from helpers import read_results, run_eval, settled_config
 
 import eval_qwen
-from config import EvalConfig
-from run_directory import finish_run, make_run_dir
-from run_files import ShardFile, WriteError, atomic_write
-from stopping import PAUSE_DIR
-from worker import answer_batch
+from vsibench_eval.run_dir.directory import finish_run, make_run_dir
+from vsibench_eval.run_dir.files import ShardFile, WriteError, atomic_write
+from vsibench_eval.running.stopping import PAUSE_DIR
+from vsibench_eval.running.worker import answer_batch
+from vsibench_eval.settings.config import EvalConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 # A small demo run (12 questions, several batches per worker) keeps each fault test to one short run.
@@ -130,6 +130,7 @@ def assert_resumes_to(run_dir: Path, reference: list[dict], *extra: str) -> None
     assert json.loads((run_dir / "summary.json").read_text())["complete"] is True
 
 
+@pytest.mark.e2e
 def test_sigkilled_worker_then_resume_gives_the_uninterrupted_results(paused_run, small_reference, tmp_path, capsys):
     run = paused_run(tmp_path / "run", "--num_processes", "2")
     worker_0, _ = run.paused_workers()
@@ -159,6 +160,7 @@ def test_sigkilled_worker_then_resume_gives_the_uninterrupted_results(paused_run
     assert_resumes_to(run.run_dir, small_reference)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_stop_signals_stop_every_worker_and_keep_finished_batches(paused_run, tmp_path, signum):
     run = paused_run(tmp_path / "run", "--num_processes", "2")
@@ -186,7 +188,7 @@ def test_stop_signals_stop_every_worker_and_keep_finished_batches(paused_run, tm
 
 STOP_SIGNAL_SCRIPT = """
 import os, signal, sys, time
-from stopping import Interrupted, stop_signals_interrupt
+from vsibench_eval.running.stopping import Interrupted, stop_signals_interrupt
 with stop_signals_interrupt():
     try:
         os.kill(os.getpid(), signal.{name})
@@ -248,6 +250,7 @@ def fill(disk: Path) -> Path:
     return filler
 
 
+@pytest.mark.e2e
 def test_a_full_disk_stops_the_run_cleanly_and_resume_finishes(paused_run, small_reference, mount, tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -272,6 +275,7 @@ def test_a_full_disk_stops_the_run_cleanly_and_resume_finishes(paused_run, small
     assert_resumes_to(run.run_dir, small_reference)
 
 
+@pytest.mark.e2e
 def test_a_disk_full_at_the_start_leaves_nothing_behind(demo_dirs, mount, tmp_path, capsys):
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -324,6 +328,7 @@ def test_write_errors_name_the_path_and_the_cause(mount, tmp_path, caplog, fault
     shard.close()
 
 
+@pytest.mark.e2e
 def test_resume_from_a_shard_cut_mid_batch_and_mid_video(demo_run, small_reference, tmp_path):
     # The small run's only shard: video 41069025's questions 0, 1, 2, 6, 8, 9, 10 in batches of two
     # ([0, 1], [2, 6], [8, 9], [10]), then the other videos'. Keep 0, 1, 2: half of the second batch.
@@ -337,6 +342,7 @@ def test_resume_from_a_shard_cut_mid_batch_and_mid_video(demo_run, small_referen
     assert_resumes_to(run_dir, small_reference)
 
 
+@pytest.mark.e2e
 def test_resume_accepts_the_saved_values_and_names_real_changes(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -391,6 +397,7 @@ GOOD_ROW = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "rows, needle",
     [
@@ -416,6 +423,7 @@ def test_bad_data_files_exit_2_naming_file_row_and_column(demo_dirs, tmp_path, c
     assert not (tmp_path / "runs").exists()  # rejected before a run directory or a model
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("problem", ["missing model", "not qwen-vl", "missing video dir"])
 def test_bad_paths_exit_2(demo_dirs, tmp_path, capsys, problem):
     demo = demo_dirs("qwen2_5_vl")
@@ -433,6 +441,7 @@ def test_bad_paths_exit_2(demo_dirs, tmp_path, capsys, problem):
     assert needle in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_truncated_video_is_recorded_and_the_run_goes_on(demo_dirs, tmp_path):
     demo = tmp_path / "demo"
     shutil.copytree(demo_dirs("qwen2_5_vl"), demo)

@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from progress import RunProgress, ShardProgress, progress_line
+import pytest
+
+from vsibench_eval.running.progress import RunProgress, ShardProgress, progress_line
 
 ROOT = Path(__file__).resolve().parent.parent
 LINE = re.compile(r"progress: (\d+)/(\d+) questions \(\d+%\), [\d.]+ questions/s, ETA (?:[\d:]+|unknown), (\d+) failed")
@@ -56,6 +58,7 @@ def test_on_a_terminal_one_bar_then_the_final_count_in_the_log(tmp_path, caplog)
     assert len(messages) == 1 and messages[0].startswith("progress: 4/10 questions (40%)")
 
 
+@pytest.mark.e2e
 def test_a_run_logged_to_a_file_prints_plain_progress_lines(demo_dirs, tmp_path):
     """Two workers, stderr in a file: the parent's progress lines count both shards, with no cursor movement."""
     demo = demo_dirs("qwen2_5_vl")

@@ -1,6 +1,6 @@
 """Evaluation protocols: each reference's frames, sizes, grids, prompts and generation settings, per model family.
 
-Expected values are hand-written from the references' code (cited in the README's protocol table) or computed
+Expected values are hand-written from the references' code (cited in docs/protocols.md's table) or computed
 with the reference's own rule written out below (qwen-vl-utils' smart_resize and pixel limits, the original
 Spatial-R1 script's swapped resize), never with the functions under test.
 """
@@ -13,19 +13,25 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from conftest import read_results, run_eval
+from helpers import read_results, run_eval
 from PIL import Image
 
-import tiny_models
-from cogmap import SPATIAL_R1_COGMAP_PROMPT
-from config import EvalConfig, resume_config
-from demo_data import DEMO_SCENES, render_frames, write_video
-from generation import chat_text, decoding_config, generation_settings, greedy, processor_inputs
-from prompts import build_prompt, cogmap_block
-from protocols import EVALUATOR_DEFAULTS, apply_protocol, describe, deviations, effective_settings
-from qwen_vl_utils import VideoError, load_video, sample_frame_indices
-from util import DataError
-from video_prep import frame_rules
+from vsibench_eval.demo import tiny_models
+from vsibench_eval.demo.data import DEMO_SCENES, render_frames, write_video
+from vsibench_eval.errors import DataError
+from vsibench_eval.inputs.cogmap import SPATIAL_R1_COGMAP_PROMPT
+from vsibench_eval.inputs.frames import VideoError, load_video, sample_frame_indices
+from vsibench_eval.inputs.prompts import build_prompt, cogmap_block
+from vsibench_eval.model.generation import chat_text, decoding_config, generation_settings, greedy, processor_inputs
+from vsibench_eval.running.video_prep import frame_rules
+from vsibench_eval.settings.config import EvalConfig, resume_config
+from vsibench_eval.settings.protocols import (
+    EVALUATOR_DEFAULTS,
+    apply_protocol,
+    describe,
+    deviations,
+    effective_settings,
+)
 
 PROTOCOLS = ("none", "spatial_r1", "vsibench_official", "lmms_eval")
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
@@ -393,7 +399,7 @@ def checkpoints_with_generation_config(demo_dirs, tmp_path_factory):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_generation_settings_in_force_are_the_protocols(family, checkpoints_with_generation_config):
-    from generation import load_model
+    from vsibench_eval.model.generation import load_model
 
     model, processor, _ = load_model(str(checkpoints_with_generation_config[family]), "cpu")
     assert processor.tokenizer.convert_tokens_to_ids("<|im_end|>") == 742
@@ -465,6 +471,7 @@ def test_an_old_runs_config_resumes_with_the_settings_it_ran_with(tmp_path):
 # ---------------------------------------------------------------- runs
 
 
+@pytest.mark.e2e
 def test_a_spatial_r1_run_records_its_protocol_frames_and_deviations(demo_dirs, tmp_path):
     demo = demo_dirs("qwen2_5_vl")
     argv = ["--demo", "--demo_dir", str(demo), "--output_dir_base", str(tmp_path), "--protocol", "spatial_r1"]
@@ -489,6 +496,7 @@ def test_a_spatial_r1_run_records_its_protocol_frames_and_deviations(demo_dirs, 
     assert "settings that deviate from protocol spatial_r1: max_new_tokens 16 (protocol: 512)" in log  # the demo's
 
 
+@pytest.mark.e2e
 def test_an_lmms_eval_run_on_qwen3_vl_sizes_frames_as_lmms_eval(demo_dirs, tmp_path):
     demo = demo_dirs("qwen3_vl")
     argv = ["--demo", "--demo_dir", str(demo), "--demo_family", "qwen3_vl", "--output_dir_base", str(tmp_path)]

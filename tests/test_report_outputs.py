@@ -8,15 +8,15 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import settled_config
 
-import report
-from config import check_config
-from lmms_export import sanitized_model_name
-from plots import difference_rows
-from report import chance_levels, compare_runs, join_on_id
-from tables import MARKDOWN_HEADER, distinct_labels, format_csv, format_markdown
-from util import DataError
+from vsibench_eval.errors import DataError
+from vsibench_eval.running.prepare import prepare
+from vsibench_eval.scoring import report
+from vsibench_eval.scoring.lmms_export import sanitized_model_name
+from vsibench_eval.scoring.plots import difference_rows
+from vsibench_eval.scoring.report import chance_levels, compare_runs, join_on_id
+from vsibench_eval.scoring.tables import MARKDOWN_HEADER, distinct_labels, format_csv, format_markdown
+from vsibench_eval.settings.config import EvalConfig
 
 OPTIONS = {2: ["A. left", "B. right"], 3: ["A. left", "B. right", "C. back"], 4: ["A. a", "B. b", "C. c", "D. d"]}
 
@@ -313,8 +313,9 @@ def test_wandb_missing_exits_2_with_the_install_hint(tmp_path, capsys, monkeypat
     assert report.main([path, "--wandb_project", "vsi"]) == 2
     captured = capsys.readouterr()
     assert "pip install wandb" in captured.err and captured.out == ""
-    with pytest.raises(DataError, match="wandb_project needs wandb.*pip install wandb"):
-        check_config(settled_config(wandb_project="vsi"))
+    config = EvalConfig(protocol="none", wandb_project="vsi", video_dir=str(tmp_path))
+    with pytest.raises(DataError, match="wandb_project needs wandb.*pip install wandb"):  # before any model loads
+        prepare(config, {"wandb_project"}, selected=([], "no questions"), model_type="qwen2_5_vl")
 
 
 def offline_wandb(monkeypatch, tmp_path):
@@ -351,6 +352,7 @@ def test_wandb_offline_logs_config_scores_and_results(tmp_path, capsys, monkeypa
         assert logged in run_file
 
 
+@pytest.mark.e2e
 def test_evaluator_logs_a_finished_run_to_wandb(demo_run, monkeypatch, tmp_path):
     pytest.importorskip("wandb", reason="wandb is optional; this test checks what it writes when installed")
     offline_wandb(monkeypatch, tmp_path)

@@ -9,8 +9,15 @@ from pathlib import Path
 
 import pytest
 
-import report
-from vsibench_acc import MRA_THRESHOLDS, aggregate, first_token, mean_relative_accuracy, score_answer, score_record
+from vsibench_eval.metric import (
+    MRA_THRESHOLDS,
+    aggregate,
+    first_token,
+    mean_relative_accuracy,
+    score_answer,
+    score_record,
+)
+from vsibench_eval.scoring import report
 
 
 def test_ten_thresholds_from_the_float_quotient():

@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-import report
-from report import (
+from vsibench_eval.errors import DataError
+from vsibench_eval.scoring import report
+from vsibench_eval.scoring.report import (
     aggregate,
     compare_runs,
     confidence_intervals,
@@ -15,7 +16,6 @@ from report import (
     scores_by_type,
     summarize,
 )
-from util import DataError
 
 
 def rec(qid, qtype, prediction, gt, dataset="scannet", error=None):

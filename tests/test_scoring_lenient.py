@@ -2,8 +2,8 @@
 
 import pytest
 
-from lenient import answer_text, parse_choice, parse_number
-from report import score_record
+from vsibench_eval.scoring.lenient import answer_text, parse_choice, parse_number
+from vsibench_eval.scoring.report import score_record
 
 OPTIONS = ["A. Back", "B. Right", "C. Left"]
 

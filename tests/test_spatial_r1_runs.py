@@ -4,10 +4,11 @@ import json
 import shutil
 
 import pandas as pd
-from conftest import read_results, run_eval
+import pytest
+from helpers import read_results, run_eval
 
-from config import EvalConfig
-from worker import cognitive_maps
+from vsibench_eval.running.worker import cognitive_maps
+from vsibench_eval.settings.config import EvalConfig
 
 
 def explicit_demo_flags(demo, out):
@@ -18,6 +19,7 @@ def explicit_demo_flags(demo, out):
     ]  # fmt: skip
 
 
+@pytest.mark.e2e
 def test_spatial_r1_jsonl_gives_the_same_answers_as_the_parquet(demo_dirs, demo_run, tmp_path):
     demo = demo_dirs("qwen2_5_vl")
     rows = pd.read_parquet(demo / "vsibench" / "test.parquet").to_dict("records")
@@ -43,6 +45,7 @@ def test_spatial_r1_jsonl_gives_the_same_answers_as_the_parquet(demo_dirs, demo_
     assert str(sr_file) in (run_dir / "vsibench_eval_default.log").read_text()
 
 
+@pytest.mark.e2e
 def test_subset_template_and_offloaded_cognitive_maps(demo_dirs, tmp_path):
     demo = tmp_path / "demo"
     shutil.copytree(demo_dirs("qwen2_5_vl"), demo)

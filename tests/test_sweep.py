@@ -6,13 +6,13 @@ import re
 import shutil
 
 import pytest
-from conftest import read_results
+from helpers import read_results
 
-import config as config_module
 import eval_qwen
-from sweep import checkpoint_labels, is_sweep, model_names
-from util import DataError
-from vsibench_acc import TASKS
+from vsibench_eval.errors import DataError
+from vsibench_eval.metric import TASKS
+from vsibench_eval.running import prepare as prepare_module
+from vsibench_eval.running.sweep import checkpoint_labels, is_sweep, model_names
 
 SUBSET = ("--debug_mode", "true", "--debug_size", "6", "--seed", "3")  # as a run of test_eval_e2e, shared by demo_run
 
@@ -48,12 +48,13 @@ def checkpoints(demo_dirs, tmp_path):
     return root
 
 
+@pytest.mark.e2e
 def test_a_sweep_selects_the_questions_once_and_ends_with_one_table(
     checkpoints, demo_dirs, demo_run, tmp_path, monkeypatch, capsys
 ):
     loads = []
-    real_load = config_module.load_questions
-    monkeypatch.setattr(config_module, "load_questions", lambda *args: loads.append(args) or real_load(*args))
+    real_load = prepare_module.load_questions
+    monkeypatch.setattr(prepare_module, "load_questions", lambda *args: loads.append(args) or real_load(*args))
     (checkpoints / "not-a-model").mkdir()
     out = tmp_path / "runs"
     argv = ["--demo", "--demo_dir", str(demo_dirs("qwen2_5_vl")), "--output_dir_base", str(out), *SUBSET]
@@ -95,8 +96,9 @@ def test_a_sweep_selects_the_questions_once_and_ends_with_one_table(
     assert read_results(run_b) == expected
 
 
+@pytest.mark.e2e
 def test_the_main_config_and_the_command_line_give_lists(tmp_path, capsys):
-    from config import EvalConfig, parse_config
+    from vsibench_eval.settings.config import EvalConfig, parse_config
 
     config, _ = parse_config(EvalConfig(model_name=["/ckpt/a", "/ckpt/b"]), [])
     assert config.model_name == ["/ckpt/a", "/ckpt/b"] and is_sweep(config.model_name)

@@ -9,12 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import read_results
+import pytest
+from helpers import read_results
 from test_never_lose_a_run import SMALL, shard_ids, wait_until_gone
 
 import eval_qwen
-from config import EvalConfig
-from stopping import PAUSE_DIR
+from vsibench_eval.running.stopping import PAUSE_DIR
+from vsibench_eval.settings.config import EvalConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "eval_qwen.py"]
@@ -24,6 +25,7 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*TORCHRUN, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.e2e
 def test_two_ranks_stop_on_sigterm_then_resume_to_the_single_process_results(demo_dirs, demo_run, tmp_path, capsys):
     reference = read_results(demo_run("qwen2_5_vl", *SMALL))
     run_dir = tmp_path / "shared" / "run1"

@@ -3,15 +3,10 @@
 import pandas as pd
 import pytest
 
-from prompts import build_prompt
-from util import (
-    DataError,
-    debug_subset,
-    extract_answer,
-    group_by_video,
-    load_questions,
-    shard_by_video,
-)
+from vsibench_eval.errors import DataError
+from vsibench_eval.inputs.prompts import build_prompt
+from vsibench_eval.inputs.questions import debug_subset, group_by_video, load_questions, shard_by_video
+from vsibench_eval.metric import extract_answer
 
 ROWS = [
     {
