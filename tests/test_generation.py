@@ -7,6 +7,7 @@ import pytest
 import torch
 from helpers import video_and_texts
 from transformers import AutoConfig, AutoProcessor, Qwen2Config
+from transformers.cache_utils import LinearAttentionLayer
 
 from vsibench_eval.demo import tiny_models
 from vsibench_eval.inputs.frames import load_video
@@ -21,7 +22,7 @@ from vsibench_eval.model.generation import (
     processor_inputs,
     shared_prefix_text,
 )
-from vsibench_eval.model.prefix_cache import prefix_reuse_problem
+from vsibench_eval.model.prefix_cache import batch_cache, prefix_reuse_problem
 from vsibench_eval.running.video_prep import PreparedPrefix
 from vsibench_eval.running.worker import video_answerer
 from vsibench_eval.settings.config import EvalConfig
@@ -254,3 +255,21 @@ def test_prefix_reuse_needs_cache_layers_it_can_pad(demo_dirs):
     sliding = Qwen2Config(num_hidden_layers=2, layer_types=layer_types, use_sliding_window=True, sliding_window=8)
     problem = prefix_reuse_problem(SimpleNamespace(config=sliding))
     assert problem == "its cache has DynamicSlidingWindowLayer layers, which the shared prefix cannot pad exactly"
+
+
+@pytest.mark.parametrize("family", ["qwen3_5", "qwen4_exp"])
+def test_a_batch_cache_is_as_long_as_its_attention_layers(demo_dirs, family):
+    # generate() skips the first cache.get_seq_length() prompt tokens. transformers 5.25 takes that length from
+    # layer 0, here a linear-attention layer with a token count of its own (5.24 asked the first attention layer):
+    # rows of different lengths must not leave that count at the shortest row's.
+    demo = demo_dirs(family)
+    model, processor, _ = load_model(str(demo / "model"), "cpu")
+    video, texts = video_and_texts(demo, processor, 1)
+    prefix = prefill_prefix(model, processor, video, shared_prefix_text(texts), "2.0")
+    own = [processor.tokenizer(text, add_special_tokens=False)["input_ids"] for text in ("A", "B C D E F G", "H I")]
+    grids = {"video_grid_thw": prefix.inputs["video_grid_thw"].repeat(len(own), 1)}
+    cache = batch_cache(model, prefix.cache, prefix.inputs, own, grids)
+    length = prefix.inputs["input_ids"].shape[1] + max(map(len, own)) - 1
+    attention = [layer.keys.shape[2] for layer in cache.layers if not isinstance(layer, LinearAttentionLayer)]
+    assert attention and set(attention) == {length}
+    assert int(cache.get_seq_length()) == length

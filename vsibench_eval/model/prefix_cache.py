@@ -115,6 +115,11 @@ def joined_cache(caches: list, pads: list[int], prefix_length: int):
                     layer.conv_states[state] = torch.cat([part.conv_states[state] for part in parts])
                 if layer.is_recurrent_states_initialized[state]:
                     layer.recurrent_states[state] = torch.cat([part.recurrent_states[state] for part in parts])
+            # transformers >= 5.25 counts the tokens a linear layer has seen, and the cache's length
+            # (get_seq_length, by which generate() cuts the prompt) is layer 0's count, a linear layer in these
+            # families: count the padding the attention layers get, so every layer says prefix + longest row - 1.
+            if hasattr(layer, "cumulative_length_linear"):
+                layer.cumulative_length_linear.add_(pads[0])
             continue
         padded = [(part, pad) for part, pad in zip(parts, pads, strict=True)]
         # keys, values [rows, heads, length, head_dim]
