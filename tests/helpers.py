@@ -4,7 +4,7 @@ line does."""
 import json
 from pathlib import Path
 
-import eval_qwen
+from vsibench_eval.entry import main
 from vsibench_eval.inputs.frames import load_video
 from vsibench_eval.inputs.prompts import build_prompt
 from vsibench_eval.inputs.questions import group_by_video, load_questions
@@ -35,7 +35,7 @@ def run_eval(argv: list[str]) -> tuple[int, Path | None]:
     """Run the evaluator as `python eval_qwen.py ARGV` would; returns the exit status and the new run dir."""
     out = Path(argv[argv.index("--output_dir_base") + 1])
     before = set(out.glob("*/*")) if out.exists() else set()
-    status = eval_qwen.main(eval_qwen.EvalConfig(), argv)
+    status = main(EvalConfig(), argv)
     created = sorted(set(out.glob("*/*")) - before) if out.exists() else []
     return status, (created[-1] if created else None)
 

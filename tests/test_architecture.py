@@ -103,3 +103,21 @@ def test_import_leaves_sys_path_and_the_host_names_alone():
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["[]", "False"]  # no flat module names, and torch loads only when a run starts
+
+
+def test_the_root_modules_re_export_the_package():
+    import eval_qwen
+    import qwen_vl_utils
+    import util
+    import vsibench_acc
+    from vsibench_eval import entry, errors, metric
+    from vsibench_eval.inputs import frames, questions
+    from vsibench_eval.model import positions
+
+    assert eval_qwen.main is entry.main and eval_qwen.evaluate is entry.evaluate
+    assert vsibench_acc.metric is metric.metric and vsibench_acc.mean_relative_accuracy is metric.mean_relative_accuracy
+    assert (
+        qwen_vl_utils.load_video is frames.load_video
+        and qwen_vl_utils.mrope_position_ids is positions.mrope_position_ids
+    )
+    assert util.load_questions is questions.load_questions and util.DataError is errors.DataError

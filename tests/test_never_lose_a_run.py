@@ -206,6 +206,7 @@ def test_each_stop_signal_exits_with_the_conventional_status(name):
     assert done.returncode == 128 + signal.Signals[name].value and not done.stderr
 
 
+@pytest.mark.e2e
 def test_workers_stop_when_the_parent_dies_and_a_requeue_resumes(paused_run, small_reference, tmp_path):
     run = paused_run(tmp_path / "run", "--num_processes", "2")
     workers = run.paused_workers()
