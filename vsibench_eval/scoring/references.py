@@ -66,9 +66,8 @@ def is_model(reference: dict, model_name: str) -> bool:
     name = model_name.rstrip("/").lower()
     base = name.rsplit("/", 1)[-1]
     hub_id = reference["hub_id"].lower()
-    return bool(name) and (
-        name == hub_id or (hub_id and base == hub_id.rsplit("/", 1)[-1]) or base == reference["model"].lower()
-    )
+    same_hub_name = bool(hub_id) and base == hub_id.rsplit("/", 1)[-1]
+    return bool(name) and (name == hub_id or same_hub_name or base == reference["model"].lower())
 
 
 def difference(ours: float, bounds: list[float] | None, published: float) -> dict:
@@ -99,6 +98,11 @@ def split_by_protocol(references: list[dict], protocols: set) -> tuple[list[dict
 # ---------------------------------------------------------------- formatting
 
 
+def column_entries(compared: dict, columns: list[tuple[str, str]]) -> list[dict | None]:
+    """compare_with()'s entries in the table's column order; None where the published row has no value."""
+    return [compared["overall"] if key == OVERALL else compared["tasks"].get(key) for _, key in columns]
+
+
 def difference_cell(entry: dict | None) -> str:
     if entry is None:
         return "-"
@@ -121,7 +125,7 @@ def reference_section(
 ) -> str:
     """Markdown after a table of our runs, `runs` being (name, summarize(), protocol or None): the published rows
     under a run's protocol, each followed by every such run's difference from it, then the others apart."""
-    columns = [column for column in LAYOUTS[layout] if column[1] in (*TASKS, OVERALL)]
+    columns = LAYOUTS[layout]
     header = ["Model", *(title for title, _ in columns), "harness", "frames"]
     protocols = {protocol for _, _, protocol in runs if protocol}
     same, others = split_by_protocol(references, protocols)
@@ -142,11 +146,8 @@ def reference_section(
             body.append([cited(reference), *published_cells(reference, columns), *extras(reference)])
             for name, summary, protocol in runs:
                 if protocol == reference["protocol"]:
-                    compared = compare_with(summary, reference)
-                    cells = [difference_cell(compared["tasks"].get(key)) for _, key in columns if key != OVERALL]
-                    overall = difference_cell(compared["overall"])
-                    cells = [overall, *cells] if columns[0][1] == OVERALL else [*cells, overall]
-                    body.append([f"{name} - published", *cells, "", ""])
+                    entries = column_entries(compare_with(summary, reference), columns)
+                    body.append([f"{name} - published", *map(difference_cell, entries), "", ""])
         lines += [f"Published under the same protocol ({', '.join(sorted(protocols))}):", *markdown_lines(header, body)]
         boot = next((summary["bootstrap"] for _, summary, _ in runs if "bootstrap" in summary), None)
         lines += [
@@ -195,8 +196,7 @@ def csv_with_references(
         writer.writerow([reference["model"], *("" if v is None else f"{v:.2f}" for v in values), "", "", kind, *about])
         for name, summary, protocol in runs:
             if reference in same and protocol == reference["protocol"]:
-                compared = compare_with(summary, reference)
-                entries = [compared["overall"] if key == OVERALL else compared["tasks"].get(key) for _, key in columns]
+                entries = column_entries(compare_with(summary, reference), columns)
                 label = f"{name} - {reference['model']}"
                 diffs = ["" if e is None else f"{e['diff']:.2f}" for e in entries]
                 inside = ["" if e is None or e["inside"] is None else "yes" if e["inside"] else "no" for e in entries]

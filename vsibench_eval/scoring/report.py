@@ -2,8 +2,8 @@
 per task, chance levels, per-dataset scores, bootstrap intervals, run comparison, and the `vsibench_acc.py`
 command line that prints them as tables and hands them to the plots, the lmms-eval export and wandb.
 
-It builds on the official metric (metric.py, never changed), the lenient parser (lenient.py), tables, plots,
-the lmms-eval export and wandb tracking.
+It builds on the official metric (metric.py, never changed), the lenient parser (lenient.py), the bootstrap,
+tables, published reference rows, plots, the lmms-eval export and wandb tracking.
 
 Usage:
     python vsibench_acc.py RESULTS.jsonl                    # per-task table, micro mean, datasets, 95 % intervals
@@ -13,6 +13,8 @@ Usage:
     python vsibench_acc.py A.jsonl --compare B.jsonl        # B against A, paired-bootstrap intervals
     python vsibench_acc.py A.jsonl B.jsonl C.jsonl --markdown   # one row per run, Spatial-R1's columns
     python vsibench_acc.py A.jsonl B.jsonl --csv --layout paper # the VSI-Bench paper's columns, as CSV
+    python vsibench_acc.py RESULTS.jsonl --markdown --reference # + published rows of the run's protocol
+    python vsibench_acc.py RESULTS.jsonl --bootstrap_unit question  # intervals resampling questions, not videos
     python vsibench_acc.py A.jsonl --compare B.jsonl --plot diff.png   # B - A per task with paired intervals
     python vsibench_acc.py RESULTS.jsonl --export lmms_eval out/       # lmms-eval's results and samples files
     python vsibench_acc.py RESULTS.jsonl --wandb_project P             # log to Weights & Biases
