@@ -96,8 +96,9 @@ def test_paired_comparison_resamples_the_same_videos_in_both_runs():
 def test_weights_draw_each_stratum_its_own_size():
     strata = np.array(["x"] * 3 + ["y"] * 5)
     weights = resample_weights(strata, resamples=50, seed=1)
-    assert weights.shape == (50, 8)
-    assert (weights[:, :3].sum(axis=1) == 3).all() and (weights[:, 3:].sum(axis=1) == 5).all()
+    assert weights.shape == (8, 50)  # a row per unit, a column per resample
+    assert (weights[:3].sum(axis=0) == 3).all() and (weights[3:].sum(axis=0) == 5).all()
+    assert weights[:3].sum() == 150 and len(np.unique(weights[:3], axis=1)) > 1  # not the same draw every time
     assert (resample_weights(strata, 50, 1) == weights).all() and not (resample_weights(strata, 50, 2) == weights).all()
 
 

@@ -41,38 +41,47 @@ def units_and_strata(records: list[dict], unit: str) -> tuple[np.ndarray, np.nda
     if unit not in UNITS:
         raise ValueError(f"unknown bootstrap unit {unit!r}; choose from {', '.join(UNITS)}")
     if unit == "question":
-        return np.arange(len(records)), np.array([record["question_type"] for record in records])
-    index: dict[str, int] = {}
-    strata = []
-    of_record = []
-    for number, record in enumerate(records, 1):
-        video = video_of(record, number)
-        if video not in index:
-            index[video] = len(index)
-            strata.append(record["dataset"])
-        of_record.append(index[video])
-    return np.array(of_record), np.array(strata)
+        of_record, strata = np.arange(len(records)), np.array([record["question_type"] for record in records])
+    else:
+        index: dict[str, int] = {}
+        strata, of_record = [], []
+        for number, record in enumerate(records, 1):
+            video = video_of(record, number)
+            if video not in index:
+                index[video] = len(index)
+                strata.append(record["dataset"])
+            of_record.append(index[video])
+        of_record, strata = np.array(of_record), np.array(strata)
+    # renumbered so that each stratum's units are adjacent: their weights are filled as one block
+    order = np.argsort(strata, kind="stable")
+    renumbered = np.empty_like(order)
+    renumbered[order] = np.arange(len(order))
+    return renumbered[of_record], strata[order]
 
 
 def resample_weights(strata: np.ndarray, resamples: int, seed: int) -> np.ndarray:
-    """(resamples, units): how many times each unit is drawn, drawing in each stratum as many units as it has."""
+    """(units, resamples): how many times each unit is drawn in each resample, drawing in each stratum as many
+    units as it has. A unit's row is contiguous, so the rows of a few units are gathered fast."""
     rng = np.random.default_rng(seed)
-    weights = np.zeros((resamples, len(strata)), dtype=np.float32)
+    weights = np.zeros((len(strata), resamples), dtype=np.float32)
     for stratum in sorted(set(strata.tolist())):
         members = np.flatnonzero(strata == stratum)
         draws = rng.integers(0, len(members), size=(resamples, len(members)))
-        flat = (np.arange(resamples)[:, None] * len(members) + draws).ravel()
-        weights[:, members] = np.bincount(flat, minlength=resamples * len(members)).reshape(resamples, -1)
+        flat = (draws * resamples + np.arange(resamples)[:, None]).ravel()  # (drawn unit, resample)
+        weights[members] = np.bincount(flat, minlength=len(members) * resamples).reshape(len(members), resamples)
     return weights
 
 
 def weighted_mean(weights: np.ndarray, units: np.ndarray, scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Per resample, the mean in percent of the masked questions' scores, each counted as often as its unit was
     drawn; NaN where none of them was drawn."""
-    total = np.bincount(units[mask], weights=scores[mask], minlength=weights.shape[1])
-    count = np.bincount(units[mask], minlength=weights.shape[1])
+    total = np.bincount(units[mask], weights=scores[mask], minlength=len(weights))
+    count = np.bincount(units[mask], minlength=len(weights))
+    held = np.flatnonzero(count)  # only the units that hold such questions
+    # one product in the weights' float32 (a float64 operand would copy them): counts stay exact below 2^24
+    sums = np.stack([total[held], count[held]]).astype(weights.dtype) @ weights[held]
     with np.errstate(invalid="ignore", divide="ignore"):
-        return 100.0 * (weights @ total) / (weights @ count)
+        return 100.0 * sums[0].astype(float) / sums[1]
 
 
 def resampled_scores(
