@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import logging
+import re
 
 import pytest
 
@@ -221,15 +222,19 @@ def test_sweep_table_with_reference(tmp_path, capsys):
 
 
 @pytest.mark.e2e
-def test_reference_on_a_demo_run(demo_run, capsys):
-    run_dir = demo_run("qwen2_5_vl")
+def test_reference_in_the_log_and_on_the_command_line_of_a_demo_run(demo_run, capsys):
+    run_dir = demo_run("qwen2_5_vl", "--protocol", "lmms_eval", "--reference", "--debug_mode", "--debug_size", "8")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["bootstrap"]["unit"] == "video" and "micro" in summary["ci"] and summary["ci"]["datasets"]
-    protocol = json.loads((run_dir / "config.json").read_text())["protocol"]
-    assert report.main([str(run_dir / "vsibench_results_default.jsonl"), "--markdown", "--reference"]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("| Model |") and "Not comparable" in out
-    if protocol in {r["protocol"] for r in load_references()}:
-        assert f"Published under the same protocol ({protocol}):" in out and " - published" in out
     log = (run_dir / "vsibench_eval_default.log").read_text()
     assert "95% CI: bootstrap of whole videos within each dataset" in log
+    after_table = log[log.index("published rows:") :]
+    assert "Published under the same protocol (lmms_eval):" in after_table and "Not comparable" in after_table
+    assert "| model - published" in after_table  # the demo checkpoint's folder is named model
+    assert report.main([str(run_dir / "vsibench_results_default.jsonl"), "--markdown", "--reference"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| Model |") and "| model " in out.splitlines()[2]  # our row first
+    assert "Published under the same protocol (lmms_eval):" in out
+    difference = next(line for line in out.splitlines() if line.startswith("| model - published"))
+    assert re.search(r"\| +[+-]\d+\.\d\d (in|out) \|", difference)  # a difference with its interval mark
+    assert out.index("Qwen3-VL-2B [") < out.index("Not comparable") < out.index("InternVL2-8B [")
