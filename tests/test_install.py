@@ -43,6 +43,7 @@ def test_pip_install_beside_a_users_own_modules(demo_dirs, demo_run, tmp_path):
     install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target"]
     subprocess.run([*install, str(target), str(source)], check=True, capture_output=True)
     assert sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info")) == ["bin", "vsibench_eval"]
+    assert (target / "vsibench_eval" / "scoring" / "references.csv").read_text().startswith("model,hub_id,")
     env = {**os.environ, "PYTHONPATH": str(target)}
     user = tmp_path / "user_project"
     user.mkdir()
@@ -64,6 +65,8 @@ def test_pip_install_beside_a_users_own_modules(demo_dirs, demo_run, tmp_path):
     scored = run(str(target / "bin" / "vsibench-score"), str(results), "--json")
     assert scored.returncode == 0, scored.stderr
     assert json.loads(scored.stdout)["n"] == 40
+    referenced = run(str(target / "bin" / "vsibench-score"), str(results), "--markdown", "--reference")
+    assert referenced.returncode == 0 and "Not comparable" in referenced.stdout, referenced.stderr  # the data file
 
     runs = user / "command_runs"
     evaluated = run(

@@ -290,6 +290,7 @@ def test_export_lmms_eval_files_and_fields(tmp_path, capsys):
 
 def test_export_refuses_what_lmms_eval_cannot_hold(tmp_path, capsys):
     generic = [{"id": 1, "question_type": "numerical", "prediction": "3", "ground_truth": "3", "options": None}]
+    generic[0] |= {"dataset": "scannet", "scene_name": "scene0"}
     path = write_run(tmp_path / "r", generic)
     assert report.main([path, "--export", "lmms_eval", str(tmp_path / "out")]) == 2
     assert "record 1: question_type 'numerical' is not a VSI-Bench type" in capsys.readouterr().err

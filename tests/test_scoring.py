@@ -143,9 +143,10 @@ def test_cli_json_is_one_object(tmp_path, capsys):
 def test_cli_table(tmp_path, capsys):
     path = tmp_path / "r.jsonl"
     path.write_text(json.dumps(rec("object_counting", "3", "3")) + "\n")
-    assert report.main([str(path)]) == 0
+    assert report.main([str(path), "--bootstrap_unit", "question"]) == 0  # a bare record: no video to resample
     out = capsys.readouterr().out
     assert "object_counting" in out and "100.00" in out and "Overall (macro)" in out
+    assert "bootstrap of questions within each question type" in out
 
 
 # One results file, every score worked out by hand (question type, prediction, ground truth, error; its score).

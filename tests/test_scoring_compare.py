@@ -13,16 +13,17 @@ from vsibench_eval.scoring.report import (
     confidence_intervals,
     format_table,
     join_on_id,
-    scores_by_type,
     summarize,
 )
 
 
-def rec(qid, qtype, prediction, gt, dataset="scannet", error=None):
+def rec(qid, qtype, prediction, gt, dataset="scannet", error=None, scene=None):
+    """A result record; its video (scene) defaults to one per five consecutive ids."""
     options = None if qtype == "object_counting" else ["A. left", "B. right", "C. back", "D. front"]
     return {
         "id": qid,
         "dataset": dataset,
+        "scene_name": scene or f"scene{qid // 5:04d}",
         "question_type": qtype,
         "prediction": prediction,
         "ground_truth": gt,
@@ -38,9 +39,12 @@ def write(path, records):
 
 
 def run_with(correct_route: int, counting_predictions: list[str]) -> list[dict]:
-    """40 route-planning questions, the first `correct_route` answered right, then counting questions (truth 10)."""
-    route = [rec(i, "route_planning", "A" if i < correct_route else "B", "A") for i in range(40)]
-    counting = [rec(100 + i, "object_counting", p, "10") for i, p in enumerate(counting_predictions)]
+    """40 route-planning questions, the first `correct_route` answered right, then counting questions (truth 10);
+    ten videos, each with every tenth question."""
+    route = [rec(i, "route_planning", "A" if i < correct_route else "B", "A", scene=f"v{i % 10}") for i in range(40)]
+    counting = [
+        rec(100 + i, "object_counting", p, "10", scene=f"v{i % 10}") for i, p in enumerate(counting_predictions)
+    ]
     return route + counting
 
 
@@ -92,10 +96,10 @@ def test_summary_extends_aggregate_and_its_table():
 
 def test_bootstrap_is_deterministic_and_contains_the_point_estimate():
     records = run_with(25, A_COUNTING) + [rec(200 + i, "obj_appearance_order", "AB"[i % 2], "A") for i in range(30)]
-    by_type = scores_by_type(records)
-    first, again = confidence_intervals(by_type, seed=0), confidence_intervals(by_type, seed=0)
+    scores = [report.score_record(record) for record in records]
+    first, again = confidence_intervals(records, scores, seed=0), confidence_intervals(records, scores, seed=0)
     assert first == again
-    assert confidence_intervals(by_type, seed=1) != first
+    assert confidence_intervals(records, scores, seed=1) != first
     point = aggregate(records)
     assert first["overall"][0] <= point["overall"] <= first["overall"][1]
     for task, (low, high) in first["tasks"].items():
@@ -105,7 +109,7 @@ def test_bootstrap_is_deterministic_and_contains_the_point_estimate():
 
 def test_bootstrap_intervals_on_a_full_sized_run_hold_the_true_rate():
     records = [rec(i, "route_planning", "AB"[i % 3 == 0], "A") for i in range(5130)]
-    intervals = confidence_intervals(scores_by_type(records), resamples=2000)
+    intervals = confidence_intervals(records, [report.score_record(r) for r in records], resamples=2000)
     assert intervals["overall"][0] < 100 * 2 / 3 < intervals["overall"][1]
 
 
@@ -172,7 +176,7 @@ def test_cli_compare_json_and_table(tmp_path, capsys):
     b = write(tmp_path / "b" / "r.jsonl", run_with(20, B_COUNTING))
     assert report.main([a, "--compare", b, "--json", "--seed", "3"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out == json.loads(json.dumps(out)) and out["bootstrap"] == {"resamples": 2000, "seed": 3}
+    assert out == json.loads(json.dumps(out)) and out["bootstrap"] == {"resamples": 2000, "seed": 3, "unit": "video"}
     assert out["tasks"]["route_planning"]["diff"] == 25.0
     assert set(out["overall"]) == {"a", "b", "diff", "ci", "b_better", "a_better"}
     assert report.main([a, "--compare", b, "--parser", "lenient"]) == 0

@@ -22,7 +22,7 @@ import transformers
 from vsibench_eval.errors import DataError
 from vsibench_eval.inputs.questions import group_by_video
 from vsibench_eval.run_dir.files import LOCK_FILE, RunLock, WriteError, atomic_write
-from vsibench_eval.scoring import report, tracking
+from vsibench_eval.scoring import references, report, tracking
 from vsibench_eval.settings.config import EvalConfig
 from vsibench_eval.settings.protocols import describe, effective_settings
 
@@ -268,6 +268,7 @@ def merge_and_report(config, run_dir: Path, questions, done_ids, failures: dict,
     if failed_videos:
         log.warning(f"{len(failed_videos)} video(s) failed: {', '.join(failed_videos)}")
     log.info("accuracy (%):\n" + report.format_table(stats))
+    log_references(config, stats, log)
     log.info(f"overall with the lenient parser (rescore: vsibench_acc.py --parser lenient): {lenient['overall']:.2f}")
     log.info(f"results: {results_path}")
     log.info(f"log: {run_dir / f'vsibench_eval_{config.prompt_type}.log'}")
@@ -282,6 +283,17 @@ def merge_and_report(config, run_dir: Path, questions, done_ids, failures: dict,
         )
         return interrupted_status(failures.values()) or 1
     return 0
+
+
+def log_references(config: EvalConfig, stats: dict, log) -> None:
+    """After the table: the published rows of this run's model (by name or Hub id), and with `reference` every
+    published row of the run's protocol with our differences, the others apart (references.py)."""
+    published = references.load_references()
+    for line in references.model_lines(stats, config.model_name, config.protocol, published):
+        log.info(line)
+    if config.reference:
+        name = os.path.basename(config.model_name.rstrip("/"))
+        log.info("published rows:\n" + references.reference_section([(name, stats, config.protocol)], published))
 
 
 def interrupted_status(reasons) -> int | None:

@@ -20,6 +20,7 @@ from vsibench_eval.errors import DataError
 from vsibench_eval.model.hub import is_hub_id
 from vsibench_eval.running.launch import run_command
 from vsibench_eval.running.prepare import check_video_dir, find_data, resolve_model, select_questions
+from vsibench_eval.scoring.references import csv_with_references, load_references, reference_section
 from vsibench_eval.scoring.tables import distinct_labels, format_csv, format_markdown
 from vsibench_eval.settings.config import EvalConfig
 
@@ -133,6 +134,9 @@ def report_sweep(config: EvalConfig, labels: list[str], outcomes: list[dict | No
         status = f"exit status {outcome['status']}: " if outcome["status"] else ""
         lines.append(f"- {label}: {status}{where}")
     table = format_markdown(rows, TABLE_LAYOUT) if rows else "(no run finished)"
+    published = [(label, summary, summary.get("protocol")) for label, summary in rows]
+    if config.reference and rows:
+        table += "\n\n" + reference_section(published, load_references(), TABLE_LAYOUT)
     text = f"{table}\n\nRuns:\n" + "\n".join(lines) + "\n"
     out = Path(config.output_dir_base)
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
@@ -140,7 +144,11 @@ def report_sweep(config: EvalConfig, labels: list[str], outcomes: list[dict | No
         out.mkdir(parents=True, exist_ok=True)
         (out / f"sweep_{stamp}.md").write_text(text)
         if rows:
-            (out / f"sweep_{stamp}.csv").write_text(format_csv(rows, TABLE_LAYOUT) + "\n")
+            if config.reference:
+                table_csv = csv_with_references(published, load_references(), TABLE_LAYOUT)
+            else:
+                table_csv = format_csv(rows, TABLE_LAYOUT)
+            (out / f"sweep_{stamp}.csv").write_text(table_csv + "\n")
         written = f"written to {out / f'sweep_{stamp}.md'}" + (" and .csv" if rows else "")
     except OSError as error:
         written = f"cannot write it into {out}: {error.strerror or error}"

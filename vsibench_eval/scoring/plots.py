@@ -16,6 +16,7 @@ import numpy as np
 
 from vsibench_eval.errors import DataError
 from vsibench_eval.metric import TASKS
+from vsibench_eval.scoring.tables import bootstrap_note
 
 OVERALL_LABEL = "Overall (macro)"
 GAP = 0.7  # extra space between the last task row and the overall row
@@ -129,10 +130,9 @@ def plot_scores(path: str, runs: list[tuple[str, dict]]) -> None:
     axes.set_yticks(y, row_labels(tasks, results))
     axes.set_ylim(y[-1] + 0.6, -0.6)  # inverted: the first task on top, the overall at the bottom
     separate_overall(axes, y)
-    boot = results[0]["bootstrap"]
     axes.set_title(
-        f"VSI-Bench per task, {results[0]['parser']} parser\nblack lines: 95% bootstrap interval "
-        f"({boot['resamples']} resamples of the questions within each type)",
+        f"VSI-Bench per task, {results[0]['parser']} parser\nblack lines: 95% interval, "
+        f"{bootstrap_note(results[0]['bootstrap'])}",
         fontsize=10,
     )
     handles, _ = axes.get_legend_handles_labels()
@@ -186,10 +186,9 @@ def plot_comparison(path: str, comparison: dict, runs: list[tuple[str, dict]]) -
     right.set_title("Each run's score with its own 95% bootstrap interval", fontsize=10)
     handles, _ = right.get_legend_handles_labels()
     figure.legend(handles=[*marks, *handles, chance_handle()], loc="outside lower center", ncols=3, fontsize=9)
-    boot = comparison["bootstrap"]
     figure.suptitle(
-        f"VSI-Bench, {comparison['parser']} parser, {comparison['n']} questions in both runs; paired bootstrap "
-        f"({boot['resamples']} resamples, seed {boot['seed']}): the same questions drawn for both runs",
+        f"VSI-Bench, {comparison['parser']} parser, {comparison['n']} questions in both runs; paired "
+        f"{bootstrap_note(comparison['bootstrap'])}: the same draws for both runs",
         fontsize=11,
     )
     figure.savefig(path, dpi=120)

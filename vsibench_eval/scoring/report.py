@@ -2,8 +2,8 @@
 per task, chance levels, per-dataset scores, bootstrap intervals, run comparison, and the `vsibench_acc.py`
 command line that prints them as tables and hands them to the plots, the lmms-eval export and wandb.
 
-It builds on the official metric (metric.py, never changed), the lenient parser (lenient.py), tables, plots,
-the lmms-eval export and wandb tracking.
+It builds on the official metric (metric.py, never changed), the lenient parser (lenient.py), the bootstrap,
+tables, published reference rows, plots, the lmms-eval export and wandb tracking.
 
 Usage:
     python vsibench_acc.py RESULTS.jsonl                    # per-task table, micro mean, datasets, 95 % intervals
@@ -13,6 +13,8 @@ Usage:
     python vsibench_acc.py A.jsonl --compare B.jsonl        # B against A, paired-bootstrap intervals
     python vsibench_acc.py A.jsonl B.jsonl C.jsonl --markdown   # one row per run, Spatial-R1's columns
     python vsibench_acc.py A.jsonl B.jsonl --csv --layout paper # the VSI-Bench paper's columns, as CSV
+    python vsibench_acc.py RESULTS.jsonl --markdown --reference # + published rows of the run's protocol
+    python vsibench_acc.py RESULTS.jsonl --bootstrap_unit question  # intervals resampling questions, not videos
     python vsibench_acc.py A.jsonl --compare B.jsonl --plot diff.png   # B - A per task with paired intervals
     python vsibench_acc.py RESULTS.jsonl --export lmms_eval out/       # lmms-eval's results and samples files
     python vsibench_acc.py RESULTS.jsonl --wandb_project P             # log to Weights & Biases
@@ -21,9 +23,10 @@ Scores are recomputed from each record's raw `prediction`, so any results file c
 parser. A record whose `error` is set scores 0 in its task; it is never dropped from the denominator.
 
 Averages: `overall` is the macro mean of the task scores (as VSI-Bench and Spatial-R1 report), `micro` the mean
-over questions (as the debiased VSI-Bench papers also quote). Intervals are 95 % percentile bootstraps,
-resampling questions within each question type (so every task and sub-type keeps its size) and recomputing
-the scores per resample; a comparison draws the same questions for both runs (paired).
+over questions (as the debiased VSI-Bench papers also quote). Intervals are 95 % percentile bootstraps that
+resample whole videos within each dataset by default, or questions within each question type
+(`--bootstrap_unit question`), recomputing the scores per resample; a comparison draws the same videos (or
+questions) for both runs (paired). See bootstrap.py.
 """
 
 import argparse
@@ -42,13 +45,14 @@ from vsibench_eval.metric import (
     NA_QUESTION_TYPES,
     group_by_task,
     is_multiple_choice,
-    macro_mean,
     macro_scores,
     task_means,
 )
+from vsibench_eval.scoring.bootstrap import RESAMPLES, UNITS, confidence_intervals, paired_differences
 from vsibench_eval.scoring.lenient import score_lenient_record
 from vsibench_eval.scoring.lmms_export import EXPORT_FORMATS, write_lmms_eval
 from vsibench_eval.scoring.plots import check_plot_path, plot_comparison, plot_scores
+from vsibench_eval.scoring.references import csv_with_references, load_references, reference_section
 from vsibench_eval.scoring.tables import (
     LAYOUTS,
     distinct_labels,
@@ -61,7 +65,6 @@ from vsibench_eval.scoring.tracking import log_run, require_wandb
 from vsibench_eval.settings.command_line import StrictParser
 
 PARSERS = ("official", "lenient")
-RESAMPLES = 2000
 ROUGH_BELOW = 1000  # fewer bootstrap resamples than this give unstable 95 % intervals: say so
 REQUIRED_KEYS = ("question_type", "prediction", "ground_truth")
 
@@ -128,47 +131,21 @@ def chance_levels(records: list[dict]) -> dict[str, float]:
     return {task: 100.0 * float(value) for task, value in task_means(type_means).items()}
 
 
-# ---------------------------------------------------------------- bootstrap
-
-
-def bootstrap_type_means(runs: list[dict[str, np.ndarray]], resamples: int, seed: int) -> list[dict[str, np.ndarray]]:
-    """Per run, each question type's mean in percent over `resamples` resamples of its questions (drawn with
-    replacement, the type's size kept). Every run gets the same question indices: runs must be aligned
-    (same questions in the same order), which makes a comparison a paired bootstrap."""
-    rng = np.random.default_rng(seed)
-    resampled: list[dict[str, np.ndarray]] = [{} for _ in runs]
-    for qtype, scores in runs[0].items():
-        indices = rng.integers(0, len(scores), size=(resamples, len(scores)))
-        for run, means in zip(runs, resampled, strict=True):
-            means[qtype] = 100.0 * run[qtype][indices].mean(axis=1)
-    return resampled
-
-
-def interval(values) -> list[float]:
-    """The 95 % percentile interval of bootstrap values."""
-    low, high = np.percentile(values, [2.5, 97.5])
-    return [float(low), float(high)]
-
-
-def confidence_intervals(by_type: dict[str, np.ndarray], resamples: int = RESAMPLES, seed: int = 0) -> dict:
-    """95 % bootstrap intervals: {"overall": [low, high], "tasks": {task: [low, high]}}, in percent."""
-    (resampled,) = bootstrap_type_means([by_type], resamples, seed)
-    tasks = task_means(resampled)
-    return {"overall": interval(macro_mean(tasks)), "tasks": {task: interval(v) for task, v in tasks.items()}}
-
-
-def summarize(records: list[dict], parser: str = "official", resamples: int = RESAMPLES, seed: int = 0) -> dict:
+def summarize(
+    records: list[dict], parser: str = "official", resamples: int = RESAMPLES, seed: int = 0, unit: str = "video"
+) -> dict:
     """aggregate() plus the micro mean, the questions per task, the multiple-choice tasks' chance levels, the
-    per-dataset breakdown and 95 % bootstrap intervals."""
+    per-dataset breakdown and 95 % bootstrap intervals resampling `unit` (bootstrap.py)."""
     by_type = scores_by_type(records, parser)
+    scores = [score_record(record, parser) for record in records]
     return {
         **official.scores_report(records, by_type, parser),
         "micro": micro_mean(by_type),
         "task_n": task_counts(by_type),
         "chance": chance_levels(records),
         "datasets": dataset_breakdown(records, parser),
-        "ci": confidence_intervals(by_type, resamples, seed),
-        "bootstrap": {"resamples": resamples, "seed": seed},
+        "ci": confidence_intervals(records, scores, unit, resamples, seed),
+        "bootstrap": {"resamples": resamples, "seed": seed, "unit": unit},
     }
 
 
@@ -212,23 +189,31 @@ def flips(a_scores: np.ndarray, b_scores: np.ndarray) -> dict[str, int]:
 
 
 def compare_runs(
-    a_records: list[dict], b_records: list[dict], parser: str = "official", resamples: int = RESAMPLES, seed: int = 0
+    a_records: list[dict],
+    b_records: list[dict],
+    parser: str = "official",
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    unit: str = "video",
 ) -> dict:
     """B against A on the same questions (aligned, as join_on_id returns them): per task and overall A, B, the
-    difference B - A with its paired-bootstrap 95 % interval, and how many questions flipped each way."""
+    difference B - A with its paired-bootstrap 95 % interval (resampling `unit` in both runs at once), and how
+    many questions flipped each way."""
     a_types, b_types = scores_by_type(a_records, parser), scores_by_type(b_records, parser)
     a_point, b_point = macro_scores(a_types), macro_scores(b_types)
-    a_boot, b_boot = (task_means(means) for means in bootstrap_type_means([a_types, b_types], resamples, seed))
+    a_scores = [score_record(record, parser) for record in a_records]
+    b_scores = [score_record(record, parser) for record in b_records]
+    intervals = paired_differences(a_records, a_scores, b_scores, unit, resamples, seed)
     a_tasks, b_tasks = group_by_task(a_types), group_by_task(b_types)
 
-    def row(a: float, b: float, differences, flipped: dict) -> dict:
-        return {"a": a, "b": b, "diff": b - a, "ci": interval(differences), **flipped}
+    def row(a: float, b: float, ci: list[float], flipped: dict) -> dict:
+        return {"a": a, "b": b, "diff": b - a, "ci": ci, **flipped}
 
     tasks = {
         task: row(
             a_point["tasks"][task],
             b_point["tasks"][task],
-            b_boot[task] - a_boot[task],
+            intervals["tasks"][task],
             flips(np.concatenate(a_tasks[task]), np.concatenate(b_tasks[task])),
         )
         for task in a_point["tasks"]
@@ -239,9 +224,9 @@ def compare_runs(
         "parser": parser,
         "n": len(a_records),
         "tasks": tasks,
-        "overall": row(a_point["overall"], b_point["overall"], macro_mean(b_boot) - macro_mean(a_boot), overall_flips),
-        "micro": {"a": a_micro, "b": b_micro, "diff": b_micro - a_micro},
-        "bootstrap": {"resamples": resamples, "seed": seed},
+        "overall": row(a_point["overall"], b_point["overall"], intervals["overall"], overall_flips),
+        "micro": {"a": a_micro, "b": b_micro, "diff": b_micro - a_micro, "ci": intervals["micro"]},
+        "bootstrap": {"resamples": resamples, "seed": seed, "unit": unit},
     }
 
 
@@ -304,6 +289,8 @@ def build_argument_parser() -> argparse.ArgumentParser:
     output.add_argument("--csv", action="store_true", help="print the same table as CSV")
     parser.add_argument("--layout", choices=tuple(LAYOUTS), default="spatial_r1", help="columns of --markdown/--csv: "
                         "Spatial-R1's published table (default) or the VSI-Bench paper's")  # fmt: skip
+    parser.add_argument("--reference", action="store_true", help="add the published rows (scoring/references.csv) "
+                        "of each run's protocol, with our difference and interval mark; others set apart")  # fmt: skip
     parser.add_argument("--stats", action="store_true", help="with --json: add micro, datasets, ci, task_n, chance")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the scores (or B - A when comparing) to this file")
     parser.add_argument("--export", nargs=2, metavar=("FORMAT", "DIR"), help="also write each run for another tool: "
@@ -312,6 +299,8 @@ def build_argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", action="append", default=[], help="run name in tables, in order (default: model)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     parser.add_argument("--resamples", type=int, default=RESAMPLES, help=f"bootstrap resamples (default: {RESAMPLES})")
+    parser.add_argument("--bootstrap_unit", choices=UNITS, default="video", help="what the intervals resample: whole "
+                        "videos within each dataset (default) or questions within each question type")  # fmt: skip
     return parser
 
 
@@ -322,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         argument_parser.error("--resamples must be at least 1")
     if args.compare and len(args.results) > 1:
         argument_parser.error("--compare takes one run A: RESULTS.jsonl --compare B.jsonl")
+    if args.reference and (args.json or args.compare):
+        argument_parser.error("--reference goes with the tables of one or more runs: the text table, --markdown, --csv")
     if args.export and args.export[0] not in EXPORT_FORMATS:
         argument_parser.error(f"--export: unknown format {args.export[0]!r}; choose from {', '.join(EXPORT_FORMATS)}")
     try:
@@ -354,27 +345,42 @@ def main(argv: list[str] | None = None) -> int:
 
 def score_command(args: argparse.Namespace, runs: list[tuple[str, str, list[dict]]]) -> tuple[str, Callable]:
     """The report on one or more runs, and the function that draws their plot."""
-    needs_stats = args.plot or args.stats or not (args.json or args.markdown or args.csv)
-    summaries = [summarize(records, args.parser, args.resamples, args.seed) for _, _, records in runs if needs_stats]
+    needs_stats = args.plot or args.stats or args.reference or not (args.json or args.markdown or args.csv)
+    summaries = [summarize_run(args, path, records) for _, path, records in runs if needs_stats]
     results = summaries or [aggregate(records, args.parser) for _, _, records in runs]
     rows = [(name, result) for (name, _, _), result in zip(runs, results, strict=True)]
 
     def draw(path: str) -> None:
         plot_scores(path, list(zip([name for name, _, _ in runs], summaries, strict=True)))
 
-    if args.markdown:
-        return format_markdown(rows, args.layout), draw
-    if args.csv:
-        return format_csv(rows, args.layout), draw
     if args.json:  # without --stats exactly aggregate(), the scores eval_qwen.py writes to summary.json
         objects = results if args.stats else [aggregate(records, args.parser) for _, _, records in runs]
         if len(runs) == 1:
             return json.dumps(objects[0]), draw
         return json.dumps([{"name": n, "file": p} | o for (n, p, _), o in zip(runs, objects, strict=True)]), draw
-    tables = [format_table(summary) for summary in summaries]
-    if len(runs) == 1:
-        return tables[0], draw
-    return "\n\n".join(f"{name} ({path})\n{table}" for (name, path, _), table in zip(runs, tables, strict=True)), draw
+    if args.markdown or args.csv:
+        text = (format_markdown if args.markdown else format_csv)(rows, args.layout)
+    else:
+        tables = [format_table(summary) for summary in summaries]
+        named = [f"{name} ({path})\n{table}" for (name, path, _), table in zip(runs, tables, strict=True)]
+        text = tables[0] if len(runs) == 1 else "\n\n".join(named)
+    if not args.reference:
+        return text, draw
+    protocols = [run_config(path).get("protocol") for _, path, _ in runs]
+    published = [
+        (name, summary, protocol) for (name, _, _), summary, protocol in zip(runs, summaries, protocols, strict=True)
+    ]
+    if args.csv:
+        return csv_with_references(published, load_references(), args.layout), draw
+    return text + "\n\n" + reference_section(published, load_references(), args.layout), draw
+
+
+def summarize_run(args: argparse.Namespace, path: str, records: list[dict]) -> dict:
+    """summarize() with the command line's parser and bootstrap settings; DataError names the results file."""
+    try:
+        return summarize(records, args.parser, args.resamples, args.seed, args.bootstrap_unit)
+    except DataError as error:
+        raise DataError(f"{path}: {error}") from None
 
 
 def compare_command(args: argparse.Namespace, runs: list[tuple[str, str, list[dict]]]) -> tuple[str, Callable]:
@@ -384,10 +390,13 @@ def compare_command(args: argparse.Namespace, runs: list[tuple[str, str, list[di
         joined = join_on_id(a_all, b_all, args.intersect)
     except DataError as error:
         raise DataError(f"A {a_path}, B {b_path}: {error}") from None
-    comparison = compare_runs(*joined, args.parser, args.resamples, args.seed)
+    try:
+        comparison = compare_runs(*joined, args.parser, args.resamples, args.seed, args.bootstrap_unit)
+    except DataError as error:  # a record without its video, named by its place among the shared ids
+        raise DataError(f"A {a_path}, B {b_path}: {error}") from None
 
     def draw(path: str) -> None:
-        summaries = [summarize(records, args.parser, args.resamples, args.seed) for records in joined]
+        summaries = [summarize_run(args, path, records) for path, records in zip((a_path, b_path), joined, strict=True)]
         plot_comparison(path, comparison, [(a_name, summaries[0]), (b_name, summaries[1])])
 
     if args.markdown or args.csv:
@@ -422,7 +431,7 @@ def export_run(directory: str, results_path: str, records: list[dict], parser: s
 
 def track_run(args: argparse.Namespace, name: str, results_path: str, records: list[dict]) -> None:
     """Log one run to Weights & Biases (tracking.log_run): its config, per-task scores and results table."""
-    summary = summarize(records, args.parser, args.resamples, args.seed)
+    summary = summarize_run(args, results_path, records)
     config = run_config(results_path) | {"results_file": str(Path(results_path).resolve()), "parser": args.parser}
     where = log_run(args.wandb_project, name, config, summary, records, Path(results_path).resolve().parent)
     print(f"wandb: {name} logged to project {args.wandb_project} ({where})", file=sys.stderr)

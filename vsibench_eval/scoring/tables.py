@@ -42,6 +42,12 @@ def format_interval(ci: list[float], signed: bool = False) -> str:
     return f"[{ci[0]:{sign}.2f}, {ci[1]:{sign}.2f}]"
 
 
+def bootstrap_note(boot: dict) -> str:
+    """What the 95 % intervals resampled, for a table's footer."""
+    what = {"video": "whole videos within each dataset", "question": "questions within each question type"}
+    return f"bootstrap of {what[boot.get('unit', 'question')]}, {boot['resamples']} resamples, seed {boot['seed']}"
+
+
 def format_table(result: dict) -> str:
     """The per-task table as aligned text, tasks in the published column order; with summarize()'s keys also the
     question count per task, the 95 % intervals, the micro mean and the per-dataset scores."""
@@ -60,17 +66,20 @@ def format_table(result: dict) -> str:
         lines.append(line(task, result["tasks"].get(task), ci and ci["tasks"].get(task), counts and counts.get(task)))
     lines.append(line("Overall (macro)", result["overall"], ci and ci["overall"], counts and result["n"]))
     if "micro" in result:
-        lines.append(line("Overall (micro)", result["micro"]))
+        lines.append(line("Overall (micro)", result["micro"], ci and ci.get("micro")))
     if result.get("datasets"):
-        lines.append(f"{'dataset':<{width}}{'macro':>8}{'micro':>8}{'questions':>11}")
+        lines.append(
+            f"{'dataset':<{width}}{'macro':>8}{'micro':>8}{'questions':>11}" + ("  95% CI macro, micro" if ci else "")
+        )
         for name, scores in result["datasets"].items():
-            lines.append(f"{name:<{width}}{scores['overall']:>8.2f}{scores['micro']:>8.2f}{scores['n']:>11}")
+            text = f"{name:<{width}}{scores['overall']:>8.2f}{scores['micro']:>8.2f}{scores['n']:>11}"
+            bounds = ci and ci.get("datasets", {}).get(name)
+            if bounds:
+                text += f"  {format_interval(bounds['overall'])} {format_interval(bounds['micro'])}"
+            lines.append(text)
     lines.append(f"questions: {result['n']}, failed: {result['failed']}, parser: {result['parser']}")
     if ci:
-        boot = result["bootstrap"]
-        lines.append(
-            f"95% CI: bootstrap of the questions within each type, {boot['resamples']} resamples, seed {boot['seed']}"
-        )
+        lines.append(f"95% CI: {bootstrap_note(result['bootstrap'])}")
     missing = [t for t in TASKS if t not in result["tasks"]]
     if missing and not extra_tasks:
         lines.append(f"no questions for: {', '.join(missing)} (overall is over the tasks present)")
@@ -92,11 +101,12 @@ def format_comparison(comparison: dict, a_name: str, b_name: str) -> str:
             f"{format_interval(row['ci'], signed=True):<18}{row['b_better']:>6}{row['a_better']:>6}"
         )
     micro = comparison["micro"]
-    lines.append(f"{'Overall (micro)':<{width}}{micro['a']:>8.2f}{micro['b']:>8.2f}{micro['diff']:>+8.2f}")
-    boot = comparison["bootstrap"]
+    micro_ci = f"  {format_interval(micro['ci'], signed=True)}" if "ci" in micro else ""
+    lines.append(f"{'Overall (micro)':<{width}}{micro['a']:>8.2f}{micro['b']:>8.2f}{micro['diff']:>+8.2f}{micro_ci}")
     lines.append(
-        f"questions: {comparison['n']} in both runs, parser: {comparison['parser']}; paired bootstrap, "
-        f"{boot['resamples']} resamples, seed {boot['seed']}; B>A / B<A: questions scored higher in B / in A"
+        f"questions: {comparison['n']} in both runs, parser: {comparison['parser']}; paired "
+        f"{bootstrap_note(comparison['bootstrap'])} (the same draws for both runs); "
+        "B>A / B<A: questions scored higher in B / in A"
     )
     return "\n".join(lines)
 
@@ -141,6 +151,16 @@ def format_markdown(rows: list[tuple[str, dict]], layout: str = "spatial_r1") ->
             cells.append(f"**{text}**" if text == best[key] else text)
         body.append([name, *cells])
     header = ["Model", *(title for title, _ in columns)]
+    overall_title = next(title for title, key in columns if key == OVERALL)
+    parsers = ", ".join(sorted({result["parser"] for _, result in rows}))
+    note = f"Percent; {overall_title} is the macro mean of the task scores; parser: {parsers}."
+    if len(rows) > 1:
+        note += " Bold: the best in each column."
+    return "\n".join([*markdown_lines(header, body), "", note])
+
+
+def markdown_lines(header: list[str], body: list[list[str]]) -> list[str]:
+    """A markdown table's lines: the first column left-aligned, the others right-aligned, all padded."""
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -148,12 +168,7 @@ def format_markdown(rows: list[tuple[str, dict]], layout: str = "spatial_r1") ->
         return "| " + " | ".join(padded) + " |"
 
     align = "|" + "-" * (widths[0] + 2) + "|" + "|".join("-" * (w + 1) + ":" for w in widths[1:]) + "|"
-    overall_title = next(title for title, key in columns if key == OVERALL)
-    parsers = ", ".join(sorted({result["parser"] for _, result in rows}))
-    note = f"Percent; {overall_title} is the macro mean of the task scores; parser: {parsers}."
-    if len(rows) > 1:
-        note += " Bold: the best in each column."
-    return "\n".join([line(header), align, *map(line, body), "", note])
+    return [line(header), align, *map(line, body)]
 
 
 def format_csv(rows: list[tuple[str, dict]], layout: str = "spatial_r1") -> str:

@@ -72,6 +72,7 @@ class EvalConfig:
     dataset_revision: str | None = None  # the Hub revision to fetch (unset: main); config.json records the commit
     data_dir: str | None = None  # where fetched data is unzipped (unset: $HF_HOME/vsibench)
     wandb_project: str | None = None  # log config, per-task scores and results to this W&B project (pip install wandb)
+    reference: bool = False  # the log's and a sweep's table: add the published rows of the run's protocol
     protocol: str = "none"  # the evaluation protocol (protocols.py): every score-changing field left unset
     # takes its value; fields set keep theirs and are logged as deviations
     prompt_format: Literal["spatial_r1", "vsibench"] | None = None  # Spatial-R1's "Question:" layout or the task's
@@ -93,7 +94,14 @@ class EvalConfig:
 
 
 # What --resume may change: where and how wide the work runs, never what is computed.
-RESUME_OVERRIDABLE = {"gpu_ids", "num_processes", "dist_timeout_minutes", "wandb_project", "progress_seconds"}
+RESUME_OVERRIDABLE = {
+    "gpu_ids",
+    "num_processes",
+    "dist_timeout_minutes",
+    "wandb_project",
+    "reference",
+    "progress_seconds",
+}
 
 
 def parse_config(defaults: EvalConfig, argv: list[str]) -> tuple[EvalConfig, set[str]]:

@@ -99,7 +99,7 @@ SPATIAL_R1 = Protocol(
 VSIBENCH_OFFICIAL = Protocol(
     "vsibench_official",
     "the official VSI-Bench code (thinking-in-space, qwen2vl model with qwen-vl-utils 0.0.8); "
-    "matches the VSI-Bench paper's Qwen2-VL rows",
+    "matches runs of the official code (the VSI-Bench paper's table, EASI's official-code Qwen2.5-VL rows)",
     EVALUATOR_DEFAULTS
     | {
         "prompt_format": "vsibench",
