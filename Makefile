@@ -24,9 +24,9 @@ lint: $(VENV)/installed
 test: lint
 	$(PYTHON) -m pytest -q
 
-# The unit tests: no whole evaluator runs (those are marked e2e); a couple of minutes on 2 cores.
+# The quick unit tests: no whole evaluator runs (e2e) and no multi-family model runs (slow); about two minutes.
 test-fast: lint
-	$(PYTHON) -m pytest -q -m "not e2e"
+	$(PYTHON) -m pytest -q -m "not e2e and not slow"
 
 # Regenerate the lock from pyproject.toml's ranges: the newest releases they allow (and this machine's pip cap).
 lock: $(VENV)/installed

@@ -49,6 +49,7 @@ def test_bench_gpu_tiny_runs_every_scenario_on_the_cpu(tmp_path):
     assert all("error" not in scenario for scenario in result["scenarios"].values())
 
 
+@pytest.mark.slow  # a fresh interpreter loads torch and transformers
 def test_bench_gpu_refuses_a_machine_without_a_gpu_unless_tiny():
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU, even where the tests run beside one
     done = run(str(BENCHMARKS / "bench_gpu.py"), env=env)
@@ -56,6 +57,7 @@ def test_bench_gpu_refuses_a_machine_without_a_gpu_unless_tiny():
     assert "--tiny" in done.stderr and "no CUDA GPU" in done.stderr
 
 
+@pytest.mark.slow  # a fresh interpreter loads torch and transformers
 def test_compare_lmms_eval_imports_and_answers_help():
     done = run(str(BENCHMARKS / "compare_lmms_eval.py"), "--help")
     assert done.returncode == 0, done.stderr

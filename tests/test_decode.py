@@ -43,6 +43,7 @@ def answer_tokens(model, processor, monkeypatch):
     monkeypatch.setattr(processor, "batch_decode", ids_until_end)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_fast_decoder_is_token_identical_to_generate(demo_dirs, family, monkeypatch):
     demo = demo_dirs(family)
@@ -67,6 +68,7 @@ def common_tokens(model, processor, prefix, texts, count):
     return [token for token, _ in Counter(t for row in answers for t in row[2:]).most_common(count)]
 
 
+@pytest.mark.slow
 def test_rows_that_end_early_are_dropped_and_answers_stay_identical(demo_dirs, monkeypatch):
     demo = demo_dirs("qwen2_5_vl")
     model, processor, _ = load_model(str(demo / "model"), "cpu")
@@ -94,6 +96,7 @@ def spy(calls, function, slot, active, *args):
     return function(slot, active, *args)
 
 
+@pytest.mark.slow
 def test_repetition_penalty_from_the_checkpoint_is_applied(demo_dirs, monkeypatch):
     # The real Qwen2.5-VL checkpoints set repetition_penalty in generation_config.json; generate() applies it
     # although greedy() does not set it, and so must the fast decoder. It counts the prompt's tokens (padding
@@ -113,6 +116,7 @@ def test_repetition_penalty_from_the_checkpoint_is_applied(demo_dirs, monkeypatc
     assert generate_from_prefix(model, processor, prefix, batch, 12, decoder=decoder) == expected
 
 
+@pytest.mark.slow
 def test_out_of_memory_frees_the_cache_and_the_batch_is_split(demo_dirs, monkeypatch):
     demo = demo_dirs("qwen2_5_vl")
     model, processor, _ = load_model(str(demo / "model"), "cpu")
@@ -135,6 +139,7 @@ def test_out_of_memory_frees_the_cache_and_the_batch_is_split(demo_dirs, monkeyp
     assert rows == 2 and decoder.arena_tokens == 2 * length
 
 
+@pytest.mark.slow
 def test_compiled_step_gives_the_same_tokens(demo_dirs, monkeypatch):
     # torch.compile traces the very step the eager loop runs (inductor's code generation takes minutes on
     # two cores, so dynamo's own backend stands in for it here).
@@ -179,6 +184,7 @@ def test_question_batches(count, batch_size, batch_tokens, row_tokens, sizes):
     assert [i for b in batches for i in b] == list(range(count))  # in order, each question once
 
 
+@pytest.mark.slow
 def test_background_threads_prepare_videos_in_order(demo_dirs, monkeypatch):
     demo = demo_dirs("qwen2_5_vl")
     model, processor, _ = load_model(str(demo / "model"), "cpu")

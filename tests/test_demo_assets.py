@@ -76,6 +76,7 @@ def test_every_accepted_family_has_a_tiny_checkpoint():
     assert set(tiny_models.FAMILIES) == set(PATCH_SIZE) == set(QWEN_VL_MODEL_TYPES)
 
 
+@pytest.mark.slow
 def test_checkpoint_is_the_family_with_real_patch_geometry(checkpoint):
     family, processor, model = checkpoint
     assert model.config.model_type == family
@@ -94,6 +95,7 @@ def test_checkpoint_is_the_family_with_real_patch_geometry(checkpoint):
     assert len(tokenizer.tokenize("Answer with the option's letter from the given choices directly.")) <= 15
 
 
+@pytest.mark.slow
 def test_chat_template_matches_the_family(checkpoint):
     family, processor, _ = checkpoint
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "How many?"}]}]
@@ -104,6 +106,7 @@ def test_chat_template_matches_the_family(checkpoint):
     assert prompt == expected
 
 
+@pytest.mark.slow
 def test_video_tokens_match_the_grid_and_generation_runs(checkpoint):
     family, processor, model = checkpoint
     patch = PATCH_SIZE[family]
@@ -125,6 +128,7 @@ def test_video_tokens_match_the_grid_and_generation_runs(checkpoint):
     assert output.shape[1] - inputs["input_ids"].shape[1] == 4
 
 
+@pytest.mark.slow
 def test_hybrid_families_keep_recurrent_states_in_their_cache(checkpoint):
     family, processor, model = checkpoint
     layer_types = getattr(model.config.text_config, "layer_types", None) or []
@@ -143,6 +147,7 @@ def test_hybrid_families_keep_recurrent_states_in_their_cache(checkpoint):
     assert cache.get_seq_length() == inputs["input_ids"].shape[1]  # the attention layers hold every token
 
 
+@pytest.mark.slow
 def test_greedy_output_depends_on_the_prompt_and_the_video(checkpoint):
     family, processor, model = checkpoint
     patch = PATCH_SIZE[family]
@@ -158,6 +163,7 @@ def test_greedy_output_depends_on_the_prompt_and_the_video(checkpoint):
     assert generate("How many chair(s) are in this room?", seed=1) != first
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_weights(tmp_path):
     weights = [
         (tiny_models.build_tiny_checkpoint(tmp_path / name, seed=seed) / "model.safetensors").read_bytes()
@@ -255,6 +261,7 @@ def file_mtimes(folder):
     return {path: path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()}
 
 
+@pytest.mark.slow
 def test_ensure_demo_builds_once_and_reuses(tmp_path):
     paths = demo_assets.ensure_demo(tmp_path / "demo", trained=False)
     assert paths == {
@@ -272,6 +279,7 @@ def test_ensure_demo_builds_once_and_reuses(tmp_path):
     assert file_mtimes(tmp_path / "demo") == before
 
 
+@pytest.mark.slow
 def test_ensure_demo_rebuilds_a_stale_or_other_family_checkpoint(tmp_path):
     paths = demo_assets.ensure_demo(tmp_path, family="qwen2_vl", trained=False)
     marker = paths["model"] / demo_assets.MARKER

@@ -16,6 +16,7 @@ from vsibench_eval.metric import MCA_QUESTION_TYPES
 from vsibench_eval.model.generation import load_model
 
 
+@pytest.mark.slow
 def test_training_rows_are_the_evaluators_prompts_with_only_the_answer_labelled(demo_dirs):
     model, processor, _ = load_model(str(demo_dirs("qwen3_vl") / "model"), "cpu", mrope_positions="transformers")
     tokenizer = processor.tokenizer
@@ -43,6 +44,7 @@ def test_training_rows_are_the_evaluators_prompts_with_only_the_answer_labelled(
     assert styles == [(False, False), (True, False), (False, True)]
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_and_changes_the_weights(tmp_path):
     weights = []
     for name in ("a", "b"):

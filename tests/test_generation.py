@@ -65,6 +65,7 @@ def assert_same_answers(plain, shared, plain_logits, shared_logits):
 QUESTIONS_PER_VIDEO = {"qwen4_exp": 4}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", tiny_models.FAMILIES)
 @pytest.mark.parametrize("batch_size", [1, 4])
 def test_shared_prefix_is_token_identical_to_plain(demo_dirs, family, batch_size):
@@ -85,6 +86,7 @@ def test_shared_prefix_is_token_identical_to_plain(demo_dirs, family, batch_size
     assert timer.seconds["vision_encoder"] > 0 and timer.seconds["generation"] > 0 and timer.prefill_tokens > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("position_fps", ["0.5", "sampled"])
 @pytest.mark.parametrize("batch_size", [1, 4])
 def test_shared_prefix_is_token_identical_at_other_time_codes(demo_dirs, position_fps, batch_size):
@@ -106,6 +108,7 @@ def test_shared_prefix_is_token_identical_at_other_time_codes(demo_dirs, positio
     assert answers != generate_plain(model, processor, video, texts, position_fps="2.0", max_new_tokens=6)
 
 
+@pytest.mark.slow
 def test_video_answerer_picks_the_shared_or_the_plain_path(demo_dirs):
     demo = demo_dirs("qwen2_5_vl")
     model, processor, _ = load_model(str(demo / "model"), "cpu")
@@ -144,6 +147,7 @@ def test_video_answerer_picks_the_shared_or_the_plain_path(demo_dirs):
     assert answer is None and error.startswith("video prefix failed: RuntimeError: shape ")
 
 
+@pytest.mark.slow
 def test_video_answerer_uses_prepared_inputs_and_times_its_stages(demo_dirs):
     demo = demo_dirs("qwen2_5_vl")
     model, processor, _ = load_model(str(demo / "model"), "cpu")
@@ -192,6 +196,7 @@ def test_a_tie_is_the_only_excuse_for_different_answers():
         assert_same_answers(["A B"], ["A C"], logits, shared)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family, video_number", [("qwen2_5_vl", 0), ("qwen3_5", 1)])
 def test_shared_prefix_also_matches_with_transformers_positions(demo_dirs, family, video_number):
     demo = demo_dirs(family)
@@ -217,6 +222,7 @@ def test_shared_prefix_text_ends_after_the_video_block():
     assert shared_prefix_text([f"{image}<|vision_start|><|video_pad|>{x}<|vision_end|>" for x in "ab"]) is None
 
 
+@pytest.mark.slow
 def test_shared_prefix_prefills_far_fewer_tokens(demo_dirs):
     demo = demo_dirs("qwen2_vl")
     model, processor, _ = load_model(str(demo / "model"), "cpu")
@@ -247,6 +253,7 @@ def test_position_fps_sets_seconds_per_temporal_grid(demo_dirs, position_fps, ex
     assert isinstance(inputs["second_per_grid_ts"], torch.Tensor)
 
 
+@pytest.mark.slow
 def test_prefix_reuse_needs_cache_layers_it_can_pad(demo_dirs):
     for family in tiny_models.FAMILIES:
         config = AutoConfig.from_pretrained(demo_dirs(family) / "model")
@@ -257,6 +264,7 @@ def test_prefix_reuse_needs_cache_layers_it_can_pad(demo_dirs):
     assert problem == "its cache has DynamicSlidingWindowLayer layers, which the shared prefix cannot pad exactly"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["qwen3_5", "qwen4_exp"])
 def test_a_batch_cache_is_as_long_as_its_attention_layers(demo_dirs, family):
     # generate() skips the first cache.get_seq_length() prompt tokens. transformers 5.25 takes that length from

@@ -444,6 +444,7 @@ def greedy(model, inputs):
     return out.sequences[:, inputs["input_ids"].shape[1] :], torch.stack(out.logits), seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "family, num_frames, fps",
     [
@@ -467,6 +468,7 @@ def test_generation_equal_where_positions_agree(checkpoints, family, num_frames,
     torch.testing.assert_close(published_logits, logits)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "family, num_frames",
     [
@@ -492,6 +494,7 @@ def test_generation_differs_and_decodes_after_the_published_maximum(checkpoints,
     assert first_decode == [prompt_length + int(deltas)] * 3
 
 
+@pytest.mark.slow
 def test_left_padded_batch_decodes_each_row_after_its_maximum(checkpoints):
     inputs = video_prompts(checkpoints["qwen2_5_vl"], "qwen2_5_vl", [(16, 1.0), (4, 10.0)])
     assert inputs["attention_mask"][1, 0] == 0  # the shorter prompt is padded on the left
@@ -511,6 +514,7 @@ def test_left_padded_batch_decodes_each_row_after_its_maximum(checkpoints):
         torch.testing.assert_close(logits[:, row], row_logits[:, 0], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_cached_video_prefix_continues_at_the_published_positions(checkpoints):
     # Prefix reuse: prefill through the video once, then generate from that cache with the full prompt
     # and rope_deltas recomputed from it. The uncached tokens then sit at index + rope_deltas, which

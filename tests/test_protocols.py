@@ -397,6 +397,7 @@ def checkpoints_with_generation_config(demo_dirs, tmp_path_factory):
     return folders
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_generation_settings_in_force_are_the_protocols(family, checkpoints_with_generation_config):
     from vsibench_eval.model.generation import load_model
