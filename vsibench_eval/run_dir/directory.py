@@ -27,6 +27,8 @@ from vsibench_eval.settings.config import EvalConfig
 from vsibench_eval.settings.protocols import describe, effective_settings
 
 VIDEO_FAILED = "video failed"  # the start of a record's error when its video could not be read
+# The stack's lock in a checkout (vsibench_eval/../requirements.txt); an installed copy has none.
+STACK_LOCK = Path(__file__).resolve().parents[2] / "requirements.txt"
 
 
 def make_run_dir(config: EvalConfig, folder: str | None = None) -> Path:
@@ -144,7 +146,13 @@ def start_log(
     log.info("config: " + json.dumps(asdict(config)))
     for line in describe(config, model_type):
         log.info(line)
-    log.info("versions: " + json.dumps(versions()))
+    running = versions()
+    log.info("versions: " + json.dumps(running))
+    if STACK_LOCK.is_file():
+        for difference in lock_differences(running, pinned_versions(STACK_LOCK.read_text())):
+            log.warning(f"{difference}; scores may differ from the locked stack's (pip install -r {STACK_LOCK})")
+    else:
+        log.info(f"versions: no lock file ({STACK_LOCK}) to compare them with")
     log.info(f"{len(questions)} questions over {len(group_by_video(questions))} videos; {selection}")
     if config.use_cognitive_map and config.offload_cogmap:
         found = sum(q["offloaded_cogmap"] is not None for q in questions)
@@ -166,6 +174,26 @@ def versions() -> dict:
         "decord": decord.__version__,
         "numpy": numpy.__version__,
     }
+
+
+def pinned_versions(lock_text: str) -> dict[str, str]:
+    """{package: version} of the `name==version` lines of a pip lock file (requirements.txt)."""
+    pins = {}
+    for line in lock_text.splitlines():
+        name, pinned, version = line.split("#")[0].partition("==")
+        if pinned:
+            pins[name.strip().lower()] = version.strip()
+    return pins
+
+
+def lock_differences(running: dict, pins: dict) -> list[str]:
+    """A sentence per package of torch and transformers whose running version is not the locked one (a local
+    build tag such as +cu128 aside)."""
+    return [
+        f"{name} {running[name]} is running, the lock pins {pins[name]}"
+        for name in ("torch", "transformers")
+        if name in pins and running[name].split("+")[0] != pins[name]
+    ]
 
 
 def read_shard(path: Path, log: logging.Logger) -> list[dict]:
