@@ -232,12 +232,27 @@ def shard_records(run_dir: Path, log: logging.Logger) -> dict[int, dict]:
     return by_id
 
 
-def answered_ids(run_dir: Path, questions: list[dict], log: logging.Logger) -> set[int]:
-    """Ids of the questions that already have a record (after cutting torn last lines off the shards)."""
+def answered_ids(run_dir: Path, questions: list[dict], log: logging.Logger, retry_failed: bool = False) -> set[int]:
+    """Ids of the questions that already have a record (after cutting torn last lines off the shards). With
+    `retry_failed`, the records of failed questions are first taken out of the shards, to be answered again."""
+    if retry_failed:
+        drop_failed_records(run_dir, log)
     done = set(shard_records(run_dir, log)) & {q["id"] for q in questions}
     if done:
         log.info(f"{len(done)} questions already answered; they are skipped")
     return done
+
+
+def drop_failed_records(run_dir: Path, log: logging.Logger) -> None:
+    """Rewrite each shard file without its failed records (those with an error), atomically."""
+    dropped = 0
+    for path in sorted((run_dir / "shards").glob("shard_*.jsonl")):
+        records = read_shard(path, log)
+        kept = [record for record in records if not (isinstance(record, dict) and record.get("error"))]
+        if len(kept) < len(records):
+            atomic_write(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in kept))
+            dropped += len(records) - len(kept)
+    log.info(f"retry_failed: {dropped} questions recorded as failed are answered again")
 
 
 def is_video_error(error: str | None) -> bool:

@@ -57,7 +57,7 @@ def run_single(
     with lock, stops:
         log = start_log(config, run_dir, questions, selection, model_type)
         try:
-            done_ids = answered_ids(run_dir, questions, log)
+            done_ids = answered_ids(run_dir, questions, log, config.retry_failed)
             started = time.perf_counter()
             if loaded is None:
                 shards = shard_by_video(questions, config.num_processes)
@@ -214,7 +214,9 @@ def torchrun_rank(config: EvalConfig, given: set[str], dist, gloo, timeout, held
             config, questions, selection, model_type = prepare(config, given)
             run_dir, held["lock"] = open_run_dir(config)
             log = start_log(config, run_dir, questions, selection, model_type)
-            done_ids = answered_ids(run_dir, questions, log)  # also cuts torn lines before anyone appends
+            done_ids = answered_ids(
+                run_dir, questions, log, config.retry_failed
+            )  # also cuts torn lines before anyone appends
             log.info(f"torchrun: {world_size} ranks; if the job stops, relaunch it with --resume {run_dir}")
             decided = [0, config, str(run_dir), model_type]
         except (DataError, WriteError) as error:

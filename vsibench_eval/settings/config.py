@@ -62,6 +62,7 @@ class EvalConfig:
     seed: int = 42  # the seed of debug_mode's subset
     trust_remote_code: bool = False  # let transformers run code shipped with the checkpoint
     resume: str | None = None  # a run directory to continue with its saved config
+    retry_failed: bool = False  # with resume: answer again the questions recorded as failed (e.g. a video fixed since)
     run_dir: str | None = None  # this run's directory instead of a new timestamped one (torchrun: one for all ranks)
     dist_timeout_minutes: float = 720  # torchrun: how long ranks wait for each other before giving up
     demo: bool = False  # build (once) and evaluate a tiny model trained for seconds on a synthetic VSI-Bench set
@@ -93,7 +94,14 @@ class EvalConfig:
 
 
 # What --resume may change: where and how wide the work runs, never what is computed.
-RESUME_OVERRIDABLE = {"gpu_ids", "num_processes", "dist_timeout_minutes", "wandb_project", "progress_seconds"}
+RESUME_OVERRIDABLE = {
+    "gpu_ids",
+    "num_processes",
+    "dist_timeout_minutes",
+    "wandb_project",
+    "progress_seconds",
+    "retry_failed",
+}
 
 
 def parse_config(defaults: EvalConfig, argv: list[str]) -> tuple[EvalConfig, set[str]]:
@@ -151,6 +159,7 @@ def resume_config(run_dir: Path, given: set[str], overrides: EvalConfig) -> Eval
         raise DataError(f"resume: {run_dir}: what is computed cannot change when resuming: {'; '.join(changed)}")
     for name in given & RESUME_OVERRIDABLE:
         setattr(config, name, getattr(overrides, name))
+    config.retry_failed = overrides.retry_failed  # this launch's choice, never a saved one
     config.resume = str(run_dir)
     return config
 
