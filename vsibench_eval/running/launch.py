@@ -50,7 +50,7 @@ def run_single(
     if loaded is not None:
         model_type = loaded[0].config.model_type
     config, questions, selection, model_type = prepare(config, given, selected, model_type)
-    run_dir, lock = open_run_dir(config, folder)  # this process owns the run directory until it returns
+    run_dir, lock = open_run_dir(config, folder, loaded is not None)  # this process owns it until it returns
     resume = f"python eval_qwen.py --resume {run_dir}"
     # A stop signal before or after the workers' run stops it the same way; a caller's own process keeps its handlers.
     stops = stop_signals_interrupt() if loaded is None else contextlib.nullcontext()
@@ -232,7 +232,7 @@ def torchrun_rank(config: EvalConfig, given: set[str], dist, gloo, timeout, held
         log = start_log(config, run_dir, questions, selection, model_type, logging.WARNING)
     dist.barrier(group=gloo)
     if rank != 0:
-        done_ids = set(shard_records(run_dir, log)) & {q["id"] for q in questions}
+        done_ids = set(shard_records(run_dir, questions, log))
     shard = shard_by_video(questions, world_size)[rank]
     first_id = min((q["id"] for q in questions if q["id"] not in done_ids), default=None)
     device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"

@@ -93,6 +93,21 @@ class EvalConfig:
     progress_seconds: float = 30  # seconds between two progress lines when stderr is not a terminal (a log file)
 
 
+# The fields that name files or folders: config.json keeps them absolute, so that a run resumed from another
+# working folder (a requeued job starting in $HOME) reads its own inputs.
+PATH_FIELDS = (
+    "parquet_file",
+    "data_file",
+    "video_dir",
+    "subset_ids_file",
+    "output_dir_base",
+    "prompt_template_file",
+    "cogmap_file_path",
+    "run_dir",
+    "demo_dir",
+    "data_dir",
+)
+
 # What --resume may change: where and how wide the work runs, never what is computed.
 RESUME_OVERRIDABLE = {
     "gpu_ids",
@@ -102,6 +117,14 @@ RESUME_OVERRIDABLE = {
     "progress_seconds",
     "retry_failed",
 }
+
+
+def make_paths_absolute(config: EvalConfig) -> EvalConfig:
+    """The config with every path field (PATH_FIELDS) made absolute from the working folder."""
+    for name in PATH_FIELDS:
+        if getattr(config, name):
+            setattr(config, name, os.path.abspath(getattr(config, name)))
+    return config
 
 
 def parse_config(defaults: EvalConfig, argv: list[str]) -> tuple[EvalConfig, set[str]]:
@@ -165,10 +188,13 @@ def resume_config(run_dir: Path, given: set[str], overrides: EvalConfig) -> Eval
 
 
 def same_setting(name: str, saved, given) -> bool:
-    """Is a setting given with --resume the one saved? The saved config names a local checkpoint by its absolute
-    path and a Hub model by the commit its revision resolved to."""
+    """Is a setting given with --resume the one saved? The saved config names files and folders by their absolute
+    paths (a relative one given is taken from the working folder), a local checkpoint by its absolute path and a
+    Hub model by the commit its revision resolved to."""
     if name == "model_name" and isinstance(given, str) and not is_hub_id(given):
         given = os.path.abspath(given)
+    if name in PATH_FIELDS and saved and given:
+        return os.path.abspath(saved) == os.path.abspath(given)
     if name == "model_revision" and given is not None and len(given) != 40:
         return True  # a branch or tag: the run goes on with the commit it resolved to when it started
     return saved == given
@@ -188,6 +214,7 @@ def saved_config(run_dir: Path) -> EvalConfig:
         raise DataError(f"resume: {config_file}: cannot read it ({error.strerror})") from None
     if not isinstance(saved, dict):
         raise DataError(f"resume: {config_file}: expected a JSON object of settings, got {type(saved).__name__}")
+    saved.pop("inputs", None)  # the inputs' fingerprints, beside the settings (run_dir/fingerprints.py)
     annotations = typing.get_type_hints(EvalConfig)
     unknown = set(saved) - set(annotations)
     if unknown:
