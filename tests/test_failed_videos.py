@@ -6,13 +6,33 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import read_results, run_eval
+from helpers import read_results, run_eval, settled_config
 
 import eval_qwen
 from vsibench_eval.demo.data import write_video
+from vsibench_eval.inputs.frames import FrameRules, VideoError, load_video
+from vsibench_eval.running.video_prep import decoded_videos
 from vsibench_eval.settings.config import EvalConfig
 
 LMMS_EVAL = ("--protocol", "lmms_eval", "--num_processes", "2")  # its smart_resize refuses an aspect ratio over 200
+
+
+def test_a_frame_shape_no_resize_rule_takes_is_a_video_error_naming_the_file(tmp_path):
+    path = tmp_path / "wide.mp4"
+    write_video(path, np.full((4, 16, 4000, 3), 128, dtype=np.uint8), fps=4)
+    with pytest.raises(VideoError, match=f"{path}: cannot resize its 4000x16 frames \\(ValueError: .*aspect ratio"):
+        load_video(str(path), 4, 0.0, (448, 448), 28, FrameRules(resize="smart_resize"))
+
+
+def test_a_video_that_fails_is_reported_and_the_next_one_decodes(tmp_path):
+    good, wide = tmp_path / "good.mp4", tmp_path / "wide.mp4"
+    write_video(good, np.full((4, 64, 64, 3), 128, dtype=np.uint8), fps=4)
+    write_video(wide, np.full((4, 16, 4000, 3), 128, dtype=np.uint8), fps=4)
+    config = settled_config(resize="smart_resize", num_frames=4, fps=0.0)
+    decoded = list(decoded_videos([str(wide), str(good), str(wide)], config, 28))
+    assert [d.video is None for d in decoded] == [True, False, True]
+    assert decoded[0].error.startswith(f"video failed: {wide}: cannot resize its 4000x16 frames (ValueError")
+    assert decoded[1].error is None and decoded[1].video.frames.shape[0] == 4
 
 
 @pytest.mark.e2e
