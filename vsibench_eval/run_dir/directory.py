@@ -254,7 +254,7 @@ def check_record(path: Path, number: int, record: dict, question: dict) -> None:
             raise DataError(
                 f"{path}: line {number}: id {record['id']}: field {field}: {record.get(field)!r} in the record, "
                 f"{question[field]!r} in the run's questions; a record that does not belong to its question is not "
-                "scored (restore the data file the run started with, or start a new run)"
+                "scored (restore the data file the run started with, or delete the line: a resume answers it again)"
             )
 
 
