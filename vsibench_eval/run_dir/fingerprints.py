@@ -83,7 +83,7 @@ def changed_inputs(config: EvalConfig, saved: dict, current: dict) -> list[str]:
     changes = []
     for field in sorted((set(saved) | set(current)) - {"model"}):
         if saved.get(field) != current.get(field):
-            changes.append(f"{field} {getattr(config, field)} is not the file the run started with")
+            changes.append(f"{field} {getattr(config, field, '')} is not the file the run started with")
     before, now = saved.get("model"), current.get("model")
     if before and now and before != now:
         files_before, files_now = before.get("files", {}), now.get("files", {})
@@ -97,9 +97,12 @@ def changed_inputs(config: EvalConfig, saved: dict, current: dict) -> list[str]:
 def check_resumed_inputs(run_dir: Path, config: EvalConfig, model_in_memory: bool) -> None:
     """Refuse (DataError) to resume a run whose input files or checkpoint changed since it started. A run saved
     without fingerprints is not checked here; its stored records are still checked against the questions."""
-    saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("inputs")
+    config_file = run_dir / "config.json"
+    saved = json.loads(config_file.read_text(encoding="utf-8")).get("inputs")
     if saved is None:
         return
+    if not isinstance(saved, dict):
+        raise DataError(f"resume: {config_file}: field inputs: expected an object of fingerprints, got {saved!r}")
     changes = changed_inputs(config, saved, input_fingerprints(config, model_in_memory))
     if changes:
         raise DataError(
