@@ -14,7 +14,7 @@ from helpers import read_results, run_eval, settled_config
 import eval_qwen
 from vsibench_eval.run_dir import directory
 from vsibench_eval.run_dir.directory import finish_run, lock_differences, pinned_versions, start_log
-from vsibench_eval.run_dir.fingerprints import file_fingerprint
+from vsibench_eval.run_dir.fingerprints import changed_inputs, file_fingerprint, input_fingerprints
 from vsibench_eval.running.prepare import select_questions
 from vsibench_eval.settings.config import EvalConfig, saved_config
 
@@ -66,6 +66,39 @@ def test_files_are_fingerprinted_whole_or_by_sampled_blocks(tmp_path):
         handle.seek(large.stat().st_size // 2)
         handle.write(b"\xff")
     assert file_fingerprint(large, whole_file_limit=1 << 20) != before
+
+
+def test_every_input_file_the_run_reads_and_its_checkpoint_are_fingerprinted(tmp_path):
+    names = ("t.parquet", "ids.txt", "maps.json", "template.yaml")
+    for name in names:
+        (tmp_path / name).write_text(name)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    config = settled_config(
+        parquet_file=str(tmp_path / "t.parquet"),
+        subset_ids_file=str(tmp_path / "ids.txt"),
+        use_cognitive_map=True,
+        offload_cogmap=True,
+        cogmap_file_path=str(tmp_path / "maps.json"),
+        prompt_type="custom",
+        prompt_template_file=str(tmp_path / "template.yaml"),
+        model_name=str(tmp_path / "model"),
+    )
+    saved = input_fingerprints(config, model_in_memory=False)
+    assert set(saved) == {"parquet_file", "subset_ids_file", "cogmap_file_path", "prompt_template_file", "model"}
+    assert set(saved["model"]["files"]) == {"config.json"}
+    (tmp_path / "template.yaml").write_text("pre_prompt: changed")
+    (tmp_path / "model" / "tokenizer.json").write_text("{}")
+    template_changed = f"prompt_template_file {tmp_path / 'template.yaml'} is not the file the run started with"
+    assert changed_inputs(config, saved, input_fingerprints(config, model_in_memory=False)) == [
+        template_changed,
+        f"the checkpoint {tmp_path / 'model'} is not the one the run started with (tokenizer.json changed)",
+    ]
+    # a Hub model is its commit; a model handed over in memory is not fingerprinted, nor compared
+    config.model_name, config.model_revision = "Qwen/Qwen2.5-VL-7B-Instruct", "a" * 40
+    assert input_fingerprints(config, model_in_memory=False)["model"] == {"hub_commit": "a" * 40}
+    in_memory = input_fingerprints(config, model_in_memory=True)
+    assert in_memory["model"] is None and changed_inputs(config, saved, in_memory) == [template_changed]
 
 
 @pytest.fixture(scope="module")
