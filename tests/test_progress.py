@@ -29,17 +29,17 @@ def test_progress_line_gives_rate_and_time_left():
     assert progress_line(7, 10, 0, 0, 3.0).endswith("0.00 questions/s, ETA unknown, 0 failed")
 
 
-def test_shard_progress_counts_whole_new_lines_and_failures(tmp_path):
-    (tmp_path / "shard_0.jsonl").write_text(record(1) + record(2))  # answered by an earlier run
+def test_shard_progress_counts_whole_lines_and_failures_of_every_launch(tmp_path):
+    (tmp_path / "shard_0.jsonl").write_text(record(1) + record(2, "video failed: no such file"))  # an earlier launch
     progress = ShardProgress(tmp_path)
-    assert progress.poll() == (0, 0)
+    assert progress.poll() == (2, 1)
     with open(tmp_path / "shard_0.jsonl", "a") as shard:
         shard.write(record(3) + record(4, "video failed: no such file") + record(5)[:10])  # a batch being written
     (tmp_path / "shard_1.jsonl").write_text(record(6))
-    assert progress.poll() == (3, 1)
+    assert progress.poll() == (5, 2)
     with open(tmp_path / "shard_0.jsonl", "a") as shard:
-        shard.write(record(5)[10:])
-    assert progress.poll() == (4, 1)
+        shard.write(record(5)[10:] + record(2))  # question 2 answered again (--retry_failed)
+    assert progress.poll() == (6, 1)
 
 
 class Terminal(io.StringIO):
@@ -50,12 +50,15 @@ class Terminal(io.StringIO):
 def test_on_a_terminal_one_bar_then_the_final_count_in_the_log(tmp_path, caplog):
     log = logging.getLogger("progress_test")
     stream = Terminal()
+    (tmp_path / "shard_0.jsonl").write_text(record(1) + record(2, "video failed"))  # an earlier launch
     with caplog.at_level(logging.INFO, logger="progress_test"), RunProgress(tmp_path, 10, 2, log, 30, stream) as bar:
-        (tmp_path / "shard_0.jsonl").write_text(record(1) + record(2, "generation failed"))
+        with open(tmp_path / "shard_0.jsonl", "a") as shard:
+            shard.write(record(3) + record(4, "generation failed"))
         bar.update()
-    assert "\r" in stream.getvalue() and "4/10" in stream.getvalue() and "failed=1" in stream.getvalue()
+    assert "\r" in stream.getvalue() and "4/10" in stream.getvalue() and "failed=2" in stream.getvalue()
     messages = [r.message for r in caplog.records]
     assert len(messages) == 1 and messages[0].startswith("progress: 4/10 questions (40%)")
+    assert messages[0].endswith(", 2 failed")
 
 
 @pytest.mark.e2e

@@ -189,8 +189,15 @@ def load_video(
     except Exception as error:  # decord raises its own DECORDError and plain RuntimeErrors
         raise VideoError(f"{path}: cannot decode video ({type(error).__name__}: {error})") from error
 
+    try:
+        frames = resize_frames(decoded, target, factor, rules)
+    except Exception as error:  # e.g. smart_resize refuses an aspect ratio over 200
+        height, width = decoded.shape[1:3]
+        raise VideoError(
+            f"{path}: cannot resize its {width}x{height} frames ({type(error).__name__}: {error})"
+        ) from error
     return VideoFrames(
-        frames=resize_frames(decoded, target, factor, rules),
+        frames=frames,
         frame_indices=indices,
         timestamps=[round(i / avg_fps, 3) for i in indices],
         duration=round(total_frames / avg_fps, 3),

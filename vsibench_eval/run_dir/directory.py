@@ -22,11 +22,16 @@ import transformers
 from vsibench_eval.errors import DataError
 from vsibench_eval.inputs.questions import group_by_video
 from vsibench_eval.run_dir.files import LOCK_FILE, RunLock, WriteError, atomic_write
+from vsibench_eval.run_dir.fingerprints import check_resumed_inputs, input_fingerprints
 from vsibench_eval.scoring import references, report, tracking
 from vsibench_eval.settings.config import EvalConfig
 from vsibench_eval.settings.protocols import describe, effective_settings
 
 VIDEO_FAILED = "video failed"  # the start of a record's error when its video could not be read
+# What a stored record must share with the question of its id to be merged and scored.
+QUESTION_FIELDS = ("dataset", "scene_name", "question_type", "question", "options", "ground_truth")
+# The stack's lock in a checkout (vsibench_eval/../requirements.txt); an installed copy has none.
+STACK_LOCK = Path(__file__).resolve().parents[2] / "requirements.txt"
 
 
 def make_run_dir(config: EvalConfig, folder: str | None = None) -> Path:
@@ -44,13 +49,22 @@ def make_run_dir(config: EvalConfig, folder: str | None = None) -> Path:
     raise FileExistsError(f"no free name under {parent} for {stamp}")
 
 
-def open_run_dir(config: EvalConfig, folder: str | None = None) -> tuple[Path, RunLock]:
+def open_run_dir(config: EvalConfig, folder: str | None = None, model_in_memory: bool = False) -> tuple[Path, RunLock]:
     """The run directory and its lock, held by this process: the resumed run's, `run_dir` when given (a new
     or empty directory, never one that holds a run or other files), or a new timestamped one. A new one gets
-    shards/ and config.json; when that fails, nothing is left behind. DataError when the directory cannot be
-    used (in use by another process, not empty, not writable)."""
+    shards/ and config.json (the settings, and the fingerprints of the inputs under "inputs"); when that fails,
+    nothing is left behind. DataError when the directory cannot be used (in use by another process, not empty,
+    not writable) or a resumed run's inputs changed since it started."""
     if config.resume:
-        return Path(config.resume), lock_run_dir(Path(config.resume))
+        run_dir = Path(config.resume)
+        lock = lock_run_dir(run_dir)
+        try:
+            check_resumed_inputs(run_dir, config, model_in_memory)
+        except DataError:
+            lock.release()
+            raise
+        return run_dir, lock
+    inputs = input_fingerprints(config, model_in_memory)
     made, lock = [], None  # what this call created, removed again when it fails
     try:
         if config.run_dir:
@@ -66,7 +80,7 @@ def open_run_dir(config: EvalConfig, folder: str | None = None) -> tuple[Path, R
         check_new_run_dir(run_dir)
         (run_dir / "shards").mkdir()
         made.append(run_dir / "shards")
-        atomic_write(run_dir / "config.json", json.dumps(asdict(config), indent=2) + "\n")
+        atomic_write(run_dir / "config.json", json.dumps(asdict(config) | {"inputs": inputs}, indent=2) + "\n")
         return run_dir, lock
     except (OSError, WriteError, DataError) as error:
         for path in reversed(made):
@@ -144,7 +158,13 @@ def start_log(
     log.info("config: " + json.dumps(asdict(config)))
     for line in describe(config, model_type):
         log.info(line)
-    log.info("versions: " + json.dumps(versions()))
+    running = versions()
+    log.info("versions: " + json.dumps(running))
+    if STACK_LOCK.is_file():
+        for difference in lock_differences(running, pinned_versions(STACK_LOCK.read_text())):
+            log.warning(f"{difference}; scores may differ from the locked stack's (pip install -r {STACK_LOCK})")
+    else:
+        log.info(f"versions: no lock file ({STACK_LOCK}) to compare them with")
     log.info(f"{len(questions)} questions over {len(group_by_video(questions))} videos; {selection}")
     if config.use_cognitive_map and config.offload_cogmap:
         found = sum(q["offloaded_cogmap"] is not None for q in questions)
@@ -166,6 +186,26 @@ def versions() -> dict:
         "decord": decord.__version__,
         "numpy": numpy.__version__,
     }
+
+
+def pinned_versions(lock_text: str) -> dict[str, str]:
+    """{package: version} of the `name==version` lines of a pip lock file (requirements.txt)."""
+    pins = {}
+    for line in lock_text.splitlines():
+        name, pinned, version = line.split("#")[0].partition("==")
+        if pinned:
+            pins[name.strip().lower()] = version.strip()
+    return pins
+
+
+def lock_differences(running: dict, pins: dict) -> list[str]:
+    """A sentence per package of torch and transformers whose running version is not the locked one (a local
+    build tag such as +cu128 aside)."""
+    return [
+        f"{name} {running[name]} is running, the lock pins {pins[name]}"
+        for name in ("torch", "transformers")
+        if name in pins and running[name].split("+")[0] != pins[name]
+    ]
 
 
 def read_shard(path: Path, log: logging.Logger) -> list[dict]:
@@ -193,23 +233,52 @@ def read_shard(path: Path, log: logging.Logger) -> list[dict]:
     return records
 
 
-def shard_records(run_dir: Path, log: logging.Logger) -> dict[int, dict]:
-    """Every finished record of a run, by id."""
-    by_id = {}
+def shard_records(run_dir: Path, questions: list[dict], log: logging.Logger) -> dict[int, dict]:
+    """Every finished record of the run's questions, by id, each checked against the question of its id."""
+    by_id, question_of = {}, {q["id"]: q for q in questions}
     for path in sorted((run_dir / "shards").glob("shard_*.jsonl")):
         for number, record in enumerate(read_shard(path, log), 1):
             if not isinstance(record, dict) or "id" not in record:
                 raise DataError(f"{path}: line {number}: not a result record (no id)")
-            by_id[record["id"]] = record
+            if record["id"] in question_of:
+                check_record(path, number, record, question_of[record["id"]])
+                by_id[record["id"]] = record
     return by_id
 
 
-def answered_ids(run_dir: Path, questions: list[dict], log: logging.Logger) -> set[int]:
-    """Ids of the questions that already have a record (after cutting torn last lines off the shards)."""
-    done = set(shard_records(run_dir, log)) & {q["id"] for q in questions}
+def check_record(path: Path, number: int, record: dict, question: dict) -> None:
+    """A stored record belongs to the question of its id: the same text, ground truth, type, options and video.
+    Otherwise (the data file edited, records swapped between ids) it is named, never scored."""
+    for field in QUESTION_FIELDS:
+        if record.get(field) != question[field]:
+            raise DataError(
+                f"{path}: line {number}: id {record['id']}: field {field}: {record.get(field)!r} in the record, "
+                f"{question[field]!r} in the run's questions; a record that does not belong to its question is not "
+                "scored (restore the data file the run started with, or delete the line: a resume answers it again)"
+            )
+
+
+def answered_ids(run_dir: Path, questions: list[dict], log: logging.Logger, retry_failed: bool = False) -> set[int]:
+    """Ids of the questions that already have a record (after cutting torn last lines off the shards). With
+    `retry_failed`, the records of failed questions are first taken out of the shards, to be answered again."""
+    if retry_failed:
+        drop_failed_records(run_dir, log)
+    done = set(shard_records(run_dir, questions, log))
     if done:
         log.info(f"{len(done)} questions already answered; they are skipped")
     return done
+
+
+def drop_failed_records(run_dir: Path, log: logging.Logger) -> None:
+    """Rewrite each shard file without its failed records (those with an error), atomically."""
+    dropped = 0
+    for path in sorted((run_dir / "shards").glob("shard_*.jsonl")):
+        records = read_shard(path, log)
+        kept = [record for record in records if not (isinstance(record, dict) and record.get("error"))]
+        if len(kept) < len(records):
+            atomic_write(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in kept))
+            dropped += len(records) - len(kept)
+    log.info(f"retry_failed: {dropped} questions recorded as failed are answered again")
 
 
 def is_video_error(error: str | None) -> bool:
@@ -222,6 +291,9 @@ def finish_run(config, run_dir: Path, questions, done_ids, failures: dict, elaps
     worker, or a write that failed: the message names the path and the cause, and the resume command follows)."""
     try:
         return merge_and_report(config, run_dir, questions, done_ids, failures, elapsed, log, resume)
+    except DataError as error:  # a stored record that does not belong to its question
+        log.error(str(error))
+        return 2
     except WriteError as error:
         for rank, why in sorted(failures.items()):
             log.error(f"worker {rank} {why}")
@@ -234,7 +306,7 @@ def finish_run(config, run_dir: Path, questions, done_ids, failures: dict, elaps
 def merge_and_report(config, run_dir: Path, questions, done_ids, failures: dict, elapsed, log, resume: str) -> int:
     """finish_run's work; results.jsonl and summary.json are written atomically (never a partial file)."""
     results_path = run_dir / f"vsibench_results_{config.prompt_type}.jsonl"
-    by_id = shard_records(run_dir, log)
+    by_id = shard_records(run_dir, questions, log)
     records = [by_id[q["id"]] for q in questions if q["id"] in by_id]  # questions are sorted by id
     atomic_write(results_path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
     stats = report.summarize(records)  # aggregate()'s scores, the micro mean, datasets and 95 % intervals

@@ -50,14 +50,14 @@ def run_single(
     if loaded is not None:
         model_type = loaded[0].config.model_type
     config, questions, selection, model_type = prepare(config, given, selected, model_type)
-    run_dir, lock = open_run_dir(config, folder)  # this process owns the run directory until it returns
+    run_dir, lock = open_run_dir(config, folder, loaded is not None)  # this process owns it until it returns
     resume = f"python eval_qwen.py --resume {run_dir}"
     # A stop signal before or after the workers' run stops it the same way; a caller's own process keeps its handlers.
     stops = stop_signals_interrupt() if loaded is None else contextlib.nullcontext()
     with lock, stops:
         log = start_log(config, run_dir, questions, selection, model_type)
         try:
-            done_ids = answered_ids(run_dir, questions, log)
+            done_ids = answered_ids(run_dir, questions, log, config.retry_failed)
             started = time.perf_counter()
             if loaded is None:
                 shards = shard_by_video(questions, config.num_processes)
@@ -214,7 +214,9 @@ def torchrun_rank(config: EvalConfig, given: set[str], dist, gloo, timeout, held
             config, questions, selection, model_type = prepare(config, given)
             run_dir, held["lock"] = open_run_dir(config)
             log = start_log(config, run_dir, questions, selection, model_type)
-            done_ids = answered_ids(run_dir, questions, log)  # also cuts torn lines before anyone appends
+            done_ids = answered_ids(
+                run_dir, questions, log, config.retry_failed
+            )  # also cuts torn lines before anyone appends
             log.info(f"torchrun: {world_size} ranks; if the job stops, relaunch it with --resume {run_dir}")
             decided = [0, config, str(run_dir), model_type]
         except (DataError, WriteError) as error:
@@ -230,7 +232,7 @@ def torchrun_rank(config: EvalConfig, given: set[str], dist, gloo, timeout, held
         log = start_log(config, run_dir, questions, selection, model_type, logging.WARNING)
     dist.barrier(group=gloo)
     if rank != 0:
-        done_ids = set(shard_records(run_dir, log)) & {q["id"] for q in questions}
+        done_ids = set(shard_records(run_dir, questions, log))
     shard = shard_by_video(questions, world_size)[rank]
     first_id = min((q["id"] for q in questions if q["id"] not in done_ids), default=None)
     device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"

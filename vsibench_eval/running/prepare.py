@@ -13,7 +13,7 @@ from vsibench_eval.inputs.questions import debug_subset, load_questions, select_
 from vsibench_eval.model.families import QWEN_VL_MODEL_TYPES
 from vsibench_eval.model.hub import is_hub_id, resolve_hub_model
 from vsibench_eval.scoring.tracking import require_wandb
-from vsibench_eval.settings.config import EvalConfig, check_config, resume_config
+from vsibench_eval.settings.config import EvalConfig, check_config, make_paths_absolute, resume_config
 from vsibench_eval.settings.protocols import apply_protocol
 
 # What --demo sets, unless the same flag is given on the command line.
@@ -107,11 +107,13 @@ def prepare(
 
 
 def find_data(config: EvalConfig, given: set[str]) -> EvalConfig:
-    """Point the config at its data: the demo's (built on first use), the Hub's (locate_data), or as configured."""
+    """Point the config at its data: the demo's (built on first use), the Hub's (locate_data), or as configured;
+    every path made absolute."""
     if config.demo:
-        return apply_demo(config, given)
-    locate_data(config)
-    return config
+        apply_demo(config, given)
+    else:
+        locate_data(config)
+    return make_paths_absolute(config)
 
 
 def check_video_dir(config: EvalConfig) -> None:

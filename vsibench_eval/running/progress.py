@@ -1,6 +1,7 @@
 """The run's progress, shown by the parent process while its workers answer: questions done of the total,
-questions per second, time left, failed answers. It is read from the growth of the workers' shard files, so a
-worker that dies leaves its finished batches counted and nothing to clean up. On a terminal it is one live
+questions per second, time left, failed answers. It is read from the workers' shard files (the records of earlier
+launches of a resumed run included), so a worker that dies leaves its finished batches counted and nothing to
+clean up. On a terminal it is one live
 bar; otherwise (a file such as a SLURM .out) a plain log line every `interval` seconds and one at the end.
 """
 
@@ -17,12 +18,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 
 class ShardProgress:
-    """The questions answered since this object was made, and how many of them failed (a record with an
-    error), from the complete lines appended to shards/shard_*.jsonl since then."""
+    """The questions answered, and how many of them failed (their latest record has an error), from the complete
+    lines of shards/shard_*.jsonl; each poll reads only what was appended since the last one."""
 
     def __init__(self, shard_dir: Path):
         self.shard_dir = shard_dir
-        self.offsets = {path: path.stat().st_size for path in shard_dir.glob("shard_*.jsonl")}
+        self.offsets: dict[Path, int] = {}
         self.answered: set[int] = set()
         self.failed: set[int] = set()
 
@@ -43,6 +44,8 @@ class ShardProgress:
                 self.answered.add(record["id"])
                 if record.get("error"):
                     self.failed.add(record["id"])
+                else:
+                    self.failed.discard(record["id"])
         return len(self.answered), len(self.failed)
 
 
@@ -60,7 +63,7 @@ class RunProgress:
     `progress.update()` about once a second; on leaving, the final count is logged (unless the last line
     already says it).
 
-    `already`: questions answered by an earlier run (resume), counted as done from the start."""
+    `already`: questions answered by an earlier launch (resume): done from the start, and not part of the rate."""
 
     def __init__(self, shard_dir: Path, total: int, already: int, log: logging.Logger, interval: float, stream=None):
         self.shards, self.total, self.already = ShardProgress(shard_dir), total, already
@@ -79,22 +82,22 @@ class RunProgress:
         return self
 
     def update(self) -> None:
-        new, failed = self.shards.poll()
+        done, failed = self.shards.poll()
         if self.bar is not None:
             self.bar.set_postfix(failed=failed, refresh=False)
-            self.bar.update(self.already + new - self.bar.n)
+            self.bar.update(done - self.bar.n)
         elif time.monotonic() - self.last_line >= self.interval:
-            self.log_line(new, failed)
+            self.log_line(done, failed)
 
     def __exit__(self, *exc):
-        new, failed = self.shards.poll()
+        done, failed = self.shards.poll()
         if self.bar is not None:
-            self.bar.update(self.already + new - self.bar.n)
+            self.bar.update(done - self.bar.n)
         self.cleanup.close()
-        if (new, failed) != self.logged:
-            self.log_line(new, failed)
+        if (done, failed) != self.logged:
+            self.log_line(done, failed)
 
-    def log_line(self, new: int, failed: int) -> None:
+    def log_line(self, done: int, failed: int) -> None:
         seconds = time.monotonic() - self.started
-        self.log.info(progress_line(self.already + new, self.total, new, failed, seconds))
-        self.last_line, self.logged = time.monotonic(), (new, failed)
+        self.log.info(progress_line(done, self.total, done - self.already, failed, seconds))
+        self.last_line, self.logged = time.monotonic(), (done, failed)

@@ -56,8 +56,9 @@ def decoded_videos(video_paths: list[str], config: EvalConfig, factor: int, prep
         tick = time.perf_counter()
         try:
             frames = load_video(path, config.num_frames, config.fps, tuple(config.target_resolution), factor, rules)
-        except VideoError as error:
-            return DecodedVideo(path, None, f"{VIDEO_FAILED}: {error}", time.perf_counter() - tick)
+        except Exception as error:  # whatever goes wrong with a video's frames takes down that video only
+            reason = str(error) if isinstance(error, VideoError) else f"{path}: {type(error).__name__}: {error}"
+            return DecodedVideo(path, None, f"{VIDEO_FAILED}: {reason}", time.perf_counter() - tick)
         seconds = time.perf_counter() - tick
         return DecodedVideo(path, frames, None, seconds, prepare(path, frames) if prepare else None)
 

@@ -62,6 +62,7 @@ class EvalConfig:
     seed: int = 42  # the seed of debug_mode's subset
     trust_remote_code: bool = False  # let transformers run code shipped with the checkpoint
     resume: str | None = None  # a run directory to continue with its saved config
+    retry_failed: bool = False  # with resume: answer again the questions recorded as failed (e.g. a video fixed since)
     run_dir: str | None = None  # this run's directory instead of a new timestamped one (torchrun: one for all ranks)
     dist_timeout_minutes: float = 720  # torchrun: how long ranks wait for each other before giving up
     demo: bool = False  # build (once) and evaluate a tiny model trained for seconds on a synthetic VSI-Bench set
@@ -93,6 +94,21 @@ class EvalConfig:
     progress_seconds: float = 30  # seconds between two progress lines when stderr is not a terminal (a log file)
 
 
+# The fields that name files or folders: config.json keeps them absolute, so that a run resumed from another
+# working folder (a requeued job starting in $HOME) reads its own inputs.
+PATH_FIELDS = (
+    "parquet_file",
+    "data_file",
+    "video_dir",
+    "subset_ids_file",
+    "output_dir_base",
+    "prompt_template_file",
+    "cogmap_file_path",
+    "run_dir",
+    "demo_dir",
+    "data_dir",
+)
+
 # What --resume may change: where and how wide the work runs, never what is computed.
 RESUME_OVERRIDABLE = {
     "gpu_ids",
@@ -101,7 +117,16 @@ RESUME_OVERRIDABLE = {
     "wandb_project",
     "reference",
     "progress_seconds",
+    "retry_failed",
 }
+
+
+def make_paths_absolute(config: EvalConfig) -> EvalConfig:
+    """The config with every path field (PATH_FIELDS) made absolute from the working folder."""
+    for name in PATH_FIELDS:
+        if getattr(config, name):
+            setattr(config, name, os.path.abspath(getattr(config, name)))
+    return config
 
 
 def parse_config(defaults: EvalConfig, argv: list[str]) -> tuple[EvalConfig, set[str]]:
@@ -159,15 +184,19 @@ def resume_config(run_dir: Path, given: set[str], overrides: EvalConfig) -> Eval
         raise DataError(f"resume: {run_dir}: what is computed cannot change when resuming: {'; '.join(changed)}")
     for name in given & RESUME_OVERRIDABLE:
         setattr(config, name, getattr(overrides, name))
+    config.retry_failed = overrides.retry_failed  # this launch's choice, never a saved one
     config.resume = str(run_dir)
     return config
 
 
 def same_setting(name: str, saved, given) -> bool:
-    """Is a setting given with --resume the one saved? The saved config names a local checkpoint by its absolute
-    path and a Hub model by the commit its revision resolved to."""
+    """Is a setting given with --resume the one saved? The saved config names files and folders by their absolute
+    paths (a relative one given is taken from the working folder), a local checkpoint by its absolute path and a
+    Hub model by the commit its revision resolved to."""
     if name == "model_name" and isinstance(given, str) and not is_hub_id(given):
         given = os.path.abspath(given)
+    if name in PATH_FIELDS and saved and given:
+        return os.path.abspath(saved) == os.path.abspath(given)
     if name == "model_revision" and given is not None and len(given) != 40:
         return True  # a branch or tag: the run goes on with the commit it resolved to when it started
     return saved == given
@@ -187,6 +216,7 @@ def saved_config(run_dir: Path) -> EvalConfig:
         raise DataError(f"resume: {config_file}: cannot read it ({error.strerror})") from None
     if not isinstance(saved, dict):
         raise DataError(f"resume: {config_file}: expected a JSON object of settings, got {type(saved).__name__}")
+    saved.pop("inputs", None)  # the inputs' fingerprints, beside the settings (run_dir/fingerprints.py)
     annotations = typing.get_type_hints(EvalConfig)
     unknown = set(saved) - set(annotations)
     if unknown:
