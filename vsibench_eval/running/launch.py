@@ -23,7 +23,7 @@ from vsibench_eval.run_dir.directory import answered_ids, finish_run, open_run_d
 from vsibench_eval.run_dir.files import WriteError
 from vsibench_eval.running.prepare import prepare, select_questions
 from vsibench_eval.running.progress import RunProgress
-from vsibench_eval.running.spawning import relay_output, stderr_tail, stderr_to
+from vsibench_eval.running.spawning import WorkerStderr, stderr_tail
 from vsibench_eval.running.stopping import WRITE_FAILED, Interrupted, stop_signals_interrupt, stop_with_parent
 from vsibench_eval.running.worker import evaluate_in_process, evaluate_questions, evaluate_shard
 from vsibench_eval.settings.config import EvalConfig
@@ -117,9 +117,10 @@ def run_workers(
                     args=(rank, devices[rank], config, shard, shard_done, str(run_dir), compare_first, os.getpid()),
                     name=f"worker-{rank}",
                 )
-                with stderr_to(stderr_path(run_dir, rank)):
+                stderr = WorkerStderr(run_dir / "shards" / f"worker_{rank}.stderr")
+                with stderr.given_to_children():
                     process.start()
-                workers[rank] = WorkerProcess(process, stderr_path(run_dir, rank))
+                workers[rank] = WorkerProcess(process, stderr)
             total = sum(len(shard) for shard in shards)
             with RunProgress(run_dir / "shards", total, len(done_ids), log, config.progress_seconds) as progress:
                 return watch_workers(workers, progress, log)
@@ -127,49 +128,34 @@ def run_workers(
             log.error(f"interrupted by {stop.signal_name}: stopping the workers; finished batches are kept")
             stop_workers([worker.process for worker in workers.values()])
             return {rank: f"interrupted by {stop.signal_name}" for rank in workers}
-        finally:
-            for worker in workers.values():
-                worker.relay()
 
 
 @dataclass
 class WorkerProcess:
-    """A spawned worker and its standard error (a file in shards/, relayed to this process's terminal)."""
+    """A spawned worker and its standard error (shown on the terminal and kept in shards/)."""
 
     process: mp.Process
-    stderr: Path
-    relayed: int = 0  # bytes of stderr already relayed
-
-    def relay(self) -> None:
-        self.relayed = relay_output(self.stderr, self.relayed)
+    stderr: WorkerStderr
 
     def death_reason(self) -> str:
         """Why it stopped (exit_reason), with the end of its standard error when that says why."""
         reason = exit_reason(self.process.exitcode)
-        if reason.startswith("exited") or reason.startswith("killed"):  # not a stop this package decided
-            text = self.stderr.read_text(errors="replace") if self.stderr.exists() else ""
-            tail = stderr_tail(text, only_errors=reason.startswith("killed"))
+        if reason.startswith(("exited", "killed")):  # not a stop the worker's own code decided and logged
+            tail = stderr_tail(self.stderr.text(), only_errors=reason.startswith("killed"))
             if tail:
-                return f"{reason}; the end of its standard error (shards/{self.stderr.name}):\n{tail}"
+                return f"{reason}; the end of its standard error (shards/{self.stderr.path.name}):\n{tail}"
         return reason
 
 
-def stderr_path(run_dir: Path, rank: int) -> Path:
-    return run_dir / "shards" / f"worker_{rank}.stderr"
-
-
 def watch_workers(workers: dict[int, WorkerProcess], progress: RunProgress, log: logging.Logger) -> dict[int, str]:
-    """Wait for every worker, relaying its standard error and updating the progress display about once a
-    second. A worker that stops early is named at once, with why; the others go on. Returns {rank: why} for
-    the workers that did not finish."""
+    """Wait for every worker, updating the progress display about once a second. A worker that stops early
+    is named at once, with why; the others go on. Returns {rank: why} for the workers that did not finish."""
     running, failures = dict(workers), {}
     while running:
         connection.wait([worker.process.sentinel for worker in running.values()], timeout=1.0)
         for rank, worker in list(running.items()):
-            worker.relay()
             if not worker.process.is_alive():
                 worker.process.join()
-                worker.relay()
                 del running[rank]
                 if worker.process.exitcode != 0:
                     failures[rank] = worker.death_reason()

@@ -1,21 +1,25 @@
 """What spawned worker processes need from the program that starts them. multiprocessing's spawn imports the
 program's main script again in each worker before any of our code runs there, so a script read from standard
 input, or one that starts the run outside `if __name__ == "__main__":`, kills every worker at birth
-(main_script_problem finds both first). A worker's standard error goes to a file in the run directory
-(stderr_to), relayed to this process's terminal (relay_output), so that the reason a worker died, even in
-that bootstrap, reaches the run's log and summary (stderr_tail).
+(main_script_problem finds both first). A worker's standard error goes through this process (WorkerStderr)
+to the terminal and to a file in the run directory, so that the reason a worker died, even in that
+bootstrap, reaches the run's log and summary (stderr_tail).
 
 Imports only the standard library.
 """
 
 import ast
+import codecs
 import contextlib
 import os
 import sys
+import threading
+from multiprocessing import resource_tracker
 from pathlib import Path
 
 ERROR_STARTS = ("Traceback (most recent call last)", "Fatal Python error")  # how Python reports a death on stderr
 TAIL_LINES = 12
+TAIL_BYTES = 65536  # of a worker's standard error, kept in memory for its death reason
 
 
 def main_script_problem() -> str | None:
@@ -69,31 +73,60 @@ def under_name_test(source: str, line: int) -> bool:
     )
 
 
-@contextlib.contextmanager
-def stderr_to(path: Path):
-    """Inside this block, processes started by this one write their standard error to `path` (a new file)
-    from their first instruction on. This process's own standard error points there too meanwhile, so the
-    block holds only a process's start."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "wb") as file:
-        os.dup2(file.fileno(), 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+class WorkerStderr:
+    """A worker's standard error, from its first instruction on: a pipe that a thread of this process copies
+    to this process's standard error (the terminal) and to `path`, keeping its end in memory, so that neither
+    the terminal's copy nor the reason a worker died is lost when the file cannot be written (a full disk)."""
 
+    def __init__(self, path: Path):
+        self.path = path
+        self.read_end, self.write_end = os.pipe()
+        self.end = b""  # the last TAIL_BYTES received
+        self.copier = threading.Thread(target=self.copy, name=f"stderr-{path.stem}", daemon=True)
 
-def relay_output(path: Path, offset: int) -> int:
-    """Write what `path` gained since `offset` to this process's standard error; returns the new offset."""
-    with open(path, "rb") as file:
-        file.seek(offset)
-        new = file.read()
-    if new:
-        sys.stderr.write(new.decode(errors="replace"))
+    @contextlib.contextmanager
+    def given_to_children(self):
+        """Processes started inside this block get the pipe as their standard error. This process's own
+        standard error points there too meanwhile, so the block holds only a process's start."""
+        resource_tracker.ensure_running()  # started by the first spawn otherwise, it would hold the pipe open
         sys.stderr.flush()
-    return offset + len(new)
+        saved = os.dup(2)
+        os.dup2(self.write_end, 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(self.write_end)  # the children hold it now: the pipe ends when the last of them exits
+            self.copier.start()
+
+    def copy(self) -> None:
+        """Copy the pipe until the worker (and whatever it started) has closed it."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        keeps_file = write_bytes(self.path, b"", "wb")
+        while chunk := os.read(self.read_end, 65536):
+            with contextlib.suppress(OSError, ValueError):  # a closed terminal must not stop the copy
+                sys.stderr.write(decoder.decode(chunk))
+                sys.stderr.flush()
+            self.end = (self.end + chunk)[-TAIL_BYTES:]
+            keeps_file = keeps_file and write_bytes(self.path, chunk)
+        os.close(self.read_end)
+
+    def text(self, wait_seconds: float = 2.0) -> str:
+        """The end of what the worker wrote, once the pipe has ended (waiting at most `wait_seconds`: a
+        process the worker started may still hold it)."""
+        self.copier.join(wait_seconds)
+        return self.end.decode(errors="replace")
+
+
+def write_bytes(path: Path, data: bytes, mode: str = "ab") -> bool:
+    """Write `data` to `path`; False when it cannot be written (the terminal's copy goes on regardless)."""
+    try:
+        with open(path, mode) as file:
+            file.write(data)
+    except OSError:
+        return False
+    return True
 
 
 def stderr_tail(text: str, only_errors: bool = False) -> str:
