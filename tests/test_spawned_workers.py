@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import run_eval
 
-from vsibench_eval.running.spawning import stderr_tail
+from vsibench_eval.running.spawning import WorkerStderr, stderr_tail
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECK = "from vsibench_eval.running.spawning import main_script_problem\n"
@@ -54,6 +54,14 @@ def test_a_script_starting_the_run_outside_the_main_guard_is_named_with_its_line
     module = script.with_name("module_run.py")  # python -m module_run: imported again by name, the same
     module.write_text(UNGUARDED)
     assert problem_as_main(monkeypatch, UNGUARDED, str(module), spec_name="module_run").startswith(f"{module}: line 2")
+
+
+def test_main_refuses_an_unguarded_call_with_exit_2(monkeypatch, tmp_path, capsys):
+    source = "import eval_qwen\nproblem = eval_qwen.main(eval_qwen.EvalConfig(), ['--model_name', 'nowhere'])\n"
+    script = tmp_path / "run.py"
+    script.write_text(source)
+    assert problem_as_main(monkeypatch, source, str(script)) == 2
+    assert capsys.readouterr().err.startswith(f"error: {script}: line 2: the run starts outside")
 
 
 def test_a_guarded_script_a_notebook_and_a_package_main_start_workers(monkeypatch, tmp_path):
@@ -101,6 +109,21 @@ def test_stderr_tail_keeps_the_last_traceback_from_its_last_frame():
         stderr_tail(fatal, only_errors=True)
         == "Fatal Python error: Segmentation fault\nCurrent thread 0x1 (most recent call first):"
     )
+
+
+@pytest.mark.parametrize("writable", [True, False], ids=["file", "no-file"])
+def test_worker_stderr_reaches_the_terminal_the_file_and_the_reason_even_when_the_file_cannot_be_written(
+    tmp_path, capsys, writable
+):
+    path = (tmp_path if writable else tmp_path / "absent") / "worker_0.stderr"
+    stderr = WorkerStderr(path)
+    with stderr.given_to_children():  # a child started here writes to the pipe from its first instruction
+        child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stderr.write('bo\u00e9m\\n' * 3)"])
+    os.write(2, b"the launcher's own stderr\n")  # fd 2 is the launcher's again after the start
+    child.wait()
+    assert stderr.text() == "bo\u00e9m\n" * 3
+    assert capsys.readouterr().err.count("bo\u00e9m\n") == 3  # copied to this process's stderr
+    assert path.read_text() == "bo\u00e9m\n" * 3 if writable else not path.exists()
 
 
 def run_script(path: Path, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -10,7 +10,6 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from multiprocessing import connection
 from pathlib import Path
@@ -101,7 +100,7 @@ def run_workers(
     """
     devices = worker_devices(config)
     context = mp.get_context("spawn")  # CUDA cannot be forked; each worker starts clean
-    workers = {}
+    workers, stderrs = {}, {}  # by rank: the process, its standard error (spawning.WorkerStderr)
     first_id = min((q["id"] for shard in shards for q in shard if q["id"] not in done_ids), default=None)
     with stop_signals_interrupt():
         try:
@@ -117,51 +116,48 @@ def run_workers(
                     args=(rank, devices[rank], config, shard, shard_done, str(run_dir), compare_first, os.getpid()),
                     name=f"worker-{rank}",
                 )
-                stderr = WorkerStderr(run_dir / "shards" / f"worker_{rank}.stderr")
-                with stderr.given_to_children():
+                stderrs[rank] = WorkerStderr(run_dir / "shards" / f"worker_{rank}.stderr")
+                with stderrs[rank].given_to_children():
                     process.start()
-                workers[rank] = WorkerProcess(process, stderr)
+                workers[rank] = process
             total = sum(len(shard) for shard in shards)
             with RunProgress(run_dir / "shards", total, len(done_ids), log, config.progress_seconds) as progress:
-                return watch_workers(workers, progress, log)
+                return watch_workers(workers, stderrs, progress, log)
         except Interrupted as stop:
             log.error(f"interrupted by {stop.signal_name}: stopping the workers; finished batches are kept")
-            stop_workers([worker.process for worker in workers.values()])
+            stop_workers(list(workers.values()))
             return {rank: f"interrupted by {stop.signal_name}" for rank in workers}
 
 
-@dataclass
-class WorkerProcess:
-    """A spawned worker and its standard error (shown on the terminal and kept in shards/)."""
-
-    process: mp.Process
-    stderr: WorkerStderr
-
-    def death_reason(self) -> str:
-        """Why it stopped (exit_reason), with the end of its standard error when that says why."""
-        reason = exit_reason(self.process.exitcode)
-        if reason.startswith(("exited", "killed")):  # not a stop the worker's own code decided and logged
-            tail = stderr_tail(self.stderr.text(), only_errors=reason.startswith("killed"))
-            if tail:
-                return f"{reason}; the end of its standard error (shards/{self.stderr.path.name}):\n{tail}"
-        return reason
-
-
-def watch_workers(workers: dict[int, WorkerProcess], progress: RunProgress, log: logging.Logger) -> dict[int, str]:
+def watch_workers(
+    workers: dict[int, mp.Process], stderrs: dict[int, WorkerStderr], progress: RunProgress, log: logging.Logger
+) -> dict[int, str]:
     """Wait for every worker, updating the progress display about once a second. A worker that stops early
     is named at once, with why; the others go on. Returns {rank: why} for the workers that did not finish."""
     running, failures = dict(workers), {}
     while running:
-        connection.wait([worker.process.sentinel for worker in running.values()], timeout=1.0)
-        for rank, worker in list(running.items()):
-            if not worker.process.is_alive():
-                worker.process.join()
+        connection.wait([process.sentinel for process in running.values()], timeout=1.0)
+        for rank, process in list(running.items()):
+            if not process.is_alive():
+                process.join()
                 del running[rank]
-                if worker.process.exitcode != 0:
-                    failures[rank] = worker.death_reason()
+                if process.exitcode != 0:
+                    failures[rank] = death_reason(process.exitcode, stderrs[rank])
                     log.warning(f"worker {rank} {failures[rank]}\nthe other workers go on")
         progress.update()
     return failures
+
+
+def death_reason(exitcode: int, stderr: WorkerStderr) -> str:
+    """Why a worker stopped (exit_reason), with the end of its standard error when that says why: after an
+    exit status, its traceback or last lines; after a signal, a traceback or fatal error if it wrote one. Stop
+    signals and a failed write are logged by the worker itself."""
+    reason = exit_reason(exitcode)
+    if reason.startswith(("exited", "killed")):
+        tail = stderr_tail(stderr.text(), only_errors=exitcode < 0)
+        if tail:
+            return f"{reason}; the end of its standard error (shards/{stderr.path.name}):\n{tail}"
+    return reason
 
 
 def stop_workers(processes: list, grace_seconds: float = 30.0) -> None:
