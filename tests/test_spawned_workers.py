@@ -74,6 +74,10 @@ def test_a_guarded_script_a_notebook_and_a_package_main_start_workers(monkeypatc
     package_main = tmp_path / "__main__.py"
     package_main.write_text(UNGUARDED)
     assert problem_as_main(monkeypatch, UNGUARDED, str(package_main), spec_name="pkg.__main__") is None
+    # a compiled script (python train.pyc) cannot be told guarded or not: spawn is given its chance
+    compiled = tmp_path / "train.pyc"
+    compiled.write_bytes(b"\x00\x01 bytecode")
+    assert problem_as_main(monkeypatch, UNGUARDED, str(compiled)) is None
 
 
 def test_a_script_from_standard_input_or_deleted_is_refused(monkeypatch, tmp_path):

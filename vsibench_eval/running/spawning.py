@@ -40,7 +40,7 @@ def main_script_problem() -> str | None:
             'and run that file, with the call under `if __name__ == "__main__":`'
         )
     try:
-        source = Path(path).read_text()
+        source = Path(path).read_bytes()
     except OSError as error:  # a script deleted or moved since it started
         return f"{path}: every worker process imports the main script when it starts, but it cannot be read: {error}"
     line = main_module_line(main.__dict__)
@@ -64,11 +64,16 @@ def main_module_line(main_globals: dict) -> int | None:
     return None
 
 
-def under_name_test(source: str, line: int) -> bool:
-    """Is `line` inside an `if` that tests __name__ (`if __name__ == "__main__":`, however spelled)?"""
+def under_name_test(source: bytes, line: int) -> bool:
+    """Is `line` inside an `if` that tests __name__ (`if __name__ == "__main__":`, however spelled)? True
+    when the source is not Python text (a .pyc): then there is no telling, and spawn may well work."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return True
     return any(
         node.lineno <= line <= node.end_lineno
-        for node in ast.walk(ast.parse(source))
+        for node in ast.walk(tree)
         if isinstance(node, ast.If) and any(isinstance(n, ast.Name) and n.id == "__name__" for n in ast.walk(node.test))
     )
 
