@@ -3,8 +3,10 @@ flags, the choices named for a bad value, every flag form HfArgumentParser accep
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -12,7 +14,7 @@ from typing import Literal
 import pytest
 
 from vsibench_eval.scoring import report
-from vsibench_eval.settings.command_line import dataclass_parser, field_comments, parse_dataclass
+from vsibench_eval.settings.command_line import dataclass_parser, field_comments, parse_dataclass, without_none
 from vsibench_eval.settings.config import EvalConfig, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,13 +52,27 @@ def test_help_shows_each_field_comment_and_its_default():
     assert "--name STR the name (default: b)" in text
     assert "--sizes INT [INT ...] sizes, continued on the next line and the one after (default: 1 2)" in text
     assert "--mode {x,y} how; 10 % of the time (default: unset)" in text
-    assert "--quiet [true|false] (default: false)" in text and "--no_quiet = --quiet false" in text
+    assert "--quiet [true|false] (default: false)" in text and "--no_quiet turn off --quiet (= --quiet false)" in text
     assert "--no-quiet" not in text  # the dashed spellings work but are not listed
 
 
 def test_every_config_field_has_help_text():
     comments = field_comments(EvalConfig)
     assert [f.name for f in dataclasses.fields(EvalConfig) if not comments.get(f.name)] == []
+
+
+def test_every_negation_in_help_says_what_it_turns_off(capsys):
+    with pytest.raises(SystemExit) as stop:
+        parse_config(EvalConfig(), ["--help"])
+    assert stop.value.code == 0
+    help_text = capsys.readouterr().out
+    negated = re.findall(r"^ +--no_(\w+)", help_text, re.MULTILINE)  # each flag's entry starts a line
+    hints = typing.get_type_hints(EvalConfig)
+    booleans = [f.name for f in dataclasses.fields(EvalConfig) if without_none(hints[f.name]) is bool]
+    assert sorted(negated) == sorted(booleans)
+    assert {"shared_prefix", "demo", "use_cognitive_map", "offload_cogmap", "debug_mode"} < set(booleans)
+    for name in negated:
+        assert f"--no_{name} turn off --{name} (= --{name} false)" in one_line(help_text)
 
 
 @pytest.mark.e2e

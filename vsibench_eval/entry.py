@@ -11,6 +11,7 @@ import sys
 
 from vsibench_eval.errors import DataError
 from vsibench_eval.model.families import QWEN_VL_MODEL_TYPES
+from vsibench_eval.running.spawning import main_script_problem
 from vsibench_eval.settings.config import EvalConfig, config_from_keywords, parse_config
 
 
@@ -35,6 +36,9 @@ def main(defaults: EvalConfig, argv: list[str] | None = None) -> int:
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if not torchrun_ranks() and (problem := main_script_problem()):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if is_sweep(config.model_name):
         if torchrun_ranks():
             print("error: model_name: under torchrun give one checkpoint per job, not a sweep", file=sys.stderr)
@@ -55,13 +59,16 @@ def evaluate(model=None, processor=None, **config) -> dict:
     model's device, without reloading it or starting workers; its train/eval mode, grad mode and positions are left
     as found. `model_name` then only names the run (default: the checkpoint the model was loaded from). Without
     `model`, it runs as the command line does (`model_name` is loaded by worker processes). Either way the run
-    directory holds the usual files. A bad setting raises DataError naming it; a run that ends without a result for
-    every question raises RunFailed."""
+    directory holds the usual files. A bad setting raises DataError naming it, and so does a main script the worker
+    processes cannot import again (one read from standard input, or one calling evaluate() outside
+    `if __name__ == "__main__":`); a run that ends without a result for every question raises RunFailed."""
+    if model is None and processor is not None:
+        raise DataError("processor: given without a model; give both, or model_name alone")
+    if model is None and (problem := main_script_problem()):  # before torch loads: the error comes at once
+        raise DataError(f"{problem}, or pass model= and processor= to answer in this process")
     from vsibench_eval.running.launch import run_single
     from vsibench_eval.running.sweep import is_sweep, model_names
 
-    if model is None and processor is not None:
-        raise DataError("processor: given without a model; give both, or model_name alone")
     settings, given = config_from_keywords(config)
     if model is not None:
         model_type = getattr(getattr(model, "config", None), "model_type", None)

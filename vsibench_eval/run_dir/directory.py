@@ -1,8 +1,9 @@
 """The run directory: creating it, its log, the shard files workers append to, what a resumed run finds
 there, and the end of a run (merged results, scores, summary, wandb).
 
-Layout: config.json, shards/shard_{rank}.jsonl and worker_{rank}.json, vsibench_results_{prompt_type}.jsonl,
-vsibench_eval_{prompt_type}.log, summary.json, and .lock (held by the process that runs in it).
+Layout: config.json, shards/ (shard_{rank}.jsonl, worker_{rank}.json, worker_{rank}.stderr),
+vsibench_results_{prompt_type}.jsonl, vsibench_eval_{prompt_type}.log, summary.json, and .lock (held by the
+process that runs in it).
 """
 
 import contextlib

@@ -22,6 +22,7 @@ from vsibench_eval.run_dir.directory import answered_ids, finish_run, open_run_d
 from vsibench_eval.run_dir.files import WriteError
 from vsibench_eval.running.prepare import prepare, select_questions
 from vsibench_eval.running.progress import RunProgress
+from vsibench_eval.running.spawning import WorkerStderr, stderr_tail
 from vsibench_eval.running.stopping import WRITE_FAILED, Interrupted, stop_signals_interrupt, stop_with_parent
 from vsibench_eval.running.worker import evaluate_in_process, evaluate_questions, evaluate_shard
 from vsibench_eval.settings.config import EvalConfig
@@ -99,7 +100,7 @@ def run_workers(
     """
     devices = worker_devices(config)
     context = mp.get_context("spawn")  # CUDA cannot be forked; each worker starts clean
-    workers = {}
+    workers, stderrs = {}, {}  # by rank: the process, its standard error (spawning.WorkerStderr)
     first_id = min((q["id"] for shard in shards for q in shard if q["id"] not in done_ids), default=None)
     with stop_signals_interrupt():
         try:
@@ -115,22 +116,25 @@ def run_workers(
                     args=(rank, devices[rank], config, shard, shard_done, str(run_dir), compare_first, os.getpid()),
                     name=f"worker-{rank}",
                 )
-                process.start()
+                stderrs[rank] = WorkerStderr(run_dir / "shards" / f"worker_{rank}.stderr")
+                with stderrs[rank].given_to_children():
+                    process.start()
                 workers[rank] = process
             total = sum(len(shard) for shard in shards)
             with RunProgress(run_dir / "shards", total, len(done_ids), log, config.progress_seconds) as progress:
-                watch_workers(workers, progress, log)
+                return watch_workers(workers, stderrs, progress, log)
         except Interrupted as stop:
             log.error(f"interrupted by {stop.signal_name}: stopping the workers; finished batches are kept")
             stop_workers(list(workers.values()))
             return {rank: f"interrupted by {stop.signal_name}" for rank in workers}
-    return {rank: exit_reason(p.exitcode) for rank, p in workers.items() if p.exitcode != 0}
 
 
-def watch_workers(workers: dict, progress: RunProgress, log: logging.Logger) -> None:
+def watch_workers(
+    workers: dict[int, mp.Process], stderrs: dict[int, WorkerStderr], progress: RunProgress, log: logging.Logger
+) -> dict[int, str]:
     """Wait for every worker, updating the progress display about once a second. A worker that stops early
-    is named at once; the others go on."""
-    running = dict(workers)
+    is named at once, with why; the others go on. Returns {rank: why} for the workers that did not finish."""
+    running, failures = dict(workers), {}
     while running:
         connection.wait([process.sentinel for process in running.values()], timeout=1.0)
         for rank, process in list(running.items()):
@@ -138,8 +142,22 @@ def watch_workers(workers: dict, progress: RunProgress, log: logging.Logger) -> 
                 process.join()
                 del running[rank]
                 if process.exitcode != 0:
-                    log.warning(f"worker {rank} {exit_reason(process.exitcode)}; the other workers go on")
+                    failures[rank] = death_reason(process.exitcode, stderrs[rank])
+                    log.warning(f"worker {rank} {failures[rank]}\nthe other workers go on")
         progress.update()
+    return failures
+
+
+def death_reason(exitcode: int, stderr: WorkerStderr) -> str:
+    """Why a worker stopped (exit_reason), with the end of its standard error when that says why: after an
+    exit status, its traceback or last lines; after a signal, a traceback or fatal error if it wrote one. Stop
+    signals and a failed write are logged by the worker itself."""
+    reason = exit_reason(exitcode)
+    if reason.startswith(("exited", "killed")):
+        tail = stderr_tail(stderr.text(), only_errors=exitcode < 0)
+        if tail:
+            return f"{reason}; the end of its standard error (shards/{stderr.path.name}):\n{tail}"
+    return reason
 
 
 def stop_workers(processes: list, grace_seconds: float = 30.0) -> None:

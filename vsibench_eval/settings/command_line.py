@@ -151,7 +151,14 @@ def dataclass_parser(cls, defaults, choices: dict | None = None, **parser_option
         options = flag_options(hints[name], (choices or {}).get(name))
         add_flag(parser, f"--{name}", dest=name, help=f"{text} (default: {shown_default(default)})", **options)
         if without_none(hints[name]) is bool:
-            add_flag(parser, f"--no_{name}", dest=name, action="store_const", const=False, help=f"= --{name} false")
+            add_flag(
+                parser,
+                f"--no_{name}",
+                dest=name,
+                action="store_const",
+                const=False,
+                help=f"turn off --{name} (= --{name} false)",
+            )
     return parser
 
 
