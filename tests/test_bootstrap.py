@@ -112,3 +112,9 @@ def test_a_record_without_its_video_is_named(tmp_path, capsys):
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     assert report.main([str(path)]) == 2
     assert f"{path}: record 2 (id 1): no scene_name" in capsys.readouterr().err
+
+
+def test_a_run_without_records_gets_empty_intervals_not_an_error():
+    # a run whose every worker died before its first batch still writes its summary
+    intervals = summarize([], "official")["ci"]
+    assert intervals["tasks"] == {} and intervals["overall"] == [0.0, 0.0]

@@ -51,7 +51,7 @@ def units_and_strata(records: list[dict], unit: str) -> tuple[np.ndarray, np.nda
                 index[video] = len(index)
                 strata.append(record["dataset"])
             of_record.append(index[video])
-        of_record, strata = np.array(of_record), np.array(strata)
+        of_record, strata = np.array(of_record, dtype=int), np.array(strata, dtype=str)
     # renumbered so that each stratum's units are adjacent: their weights are filled as one block
     order = np.argsort(strata, kind="stable")
     renumbered = np.empty_like(order)
