@@ -314,6 +314,7 @@ def score_settings(config: EvalConfig, workers: list[dict]) -> dict:
         "parser": "official",
         "dtype": sorted({w["dtype"] for w in workers}),
         "attention": sorted({w["attention"] for w in workers}),
+        "vision_attention": sorted({w.get("vision_attention", w["attention"]) for w in workers}),
         "devices": sorted({w["device"] for w in workers}),
         "decoder": sorted({w.get("decoder", "hf") for w in workers}),
         "batching": {"batch_size": config.batch_size, "batch_tokens": config.batch_tokens},

@@ -146,7 +146,8 @@ def answer_shard(rank, model, processor, info, config, questions, done_ids, run_
     todo = [q for q in questions if q["id"] not in done_ids]
     log.info(
         f"worker {rank} (pid {os.getpid()}): {len(todo)} of {len(questions)} questions to answer, device {device} "
-        f"({device_name}), dtype {info['dtype']}, attention {info['attention']}, "
+        f"({device_name}), dtype {info['dtype']}, attention {info['attention']} "
+        f"(vision encoder: {info['vision_attention']}), "
         f"M-RoPE positions {info['mrope_positions']}"
     )
     problem = prefix_reuse_problem(model) if config.shared_prefix else None
