@@ -263,6 +263,7 @@ def merge_and_report(config, run_dir: Path, questions, done_ids, failures: dict,
     atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     log.info(f"{answered} questions answered in {elapsed:.1f}s ({summary['questions_per_second']} questions/s)")
     stages = ("video_decoding", "vision_encoder", "prefill", "generation", "processor", "host_to_device")
+    stages = (*stages, "waiting_for_frames")  # the model idle: its next video's frames not ready yet
     stage_seconds = {name: sum(w["seconds"].get(name, 0.0) for w in workers) for name in stages}
     log.info("time in workers: " + ", ".join(f"{name} {value:.1f}s" for name, value in stage_seconds.items()))
     if failed_videos:

@@ -105,6 +105,9 @@ def evaluate_shard(
             raise
 
 
+WAIT_WORTH_LOGGING = 0.1  # seconds the model may wait for a video's frames before the log says so
+
+
 @dataclass
 class Worker:
     """What a worker holds for its whole shard."""
@@ -163,13 +166,13 @@ def answer_shard(rank, model, processor, info, config, questions, done_ids, run_
         decoder, info["decoder"] = choose_decoder(model, processor, config, decoding, timer)
         log.info(f"worker {rank}: decoder {info['decoder']}")
         worker = Worker(rank, config, model, processor, template, log, decoding, decoder, timer)
-        video_seconds = answer_videos(worker, questions, done_ids, run_dir, compare_first, device, len(todo))
+        video_seconds, waited = answer_videos(worker, questions, done_ids, run_dir, compare_first, device, len(todo))
     finally:
         timer.remove()  # a model lent by the caller keeps no hooks
     if decoder is not None and decoder.graph_failure:
         log.warning(f"worker {rank}: CUDA graphs turned off, decoding eagerly: {decoder.graph_failure}")
     elapsed = time.perf_counter() - started
-    seconds = {"video_decoding": video_seconds, **timer.seconds, "total": elapsed}
+    seconds = {"video_decoding": video_seconds, **timer.seconds, "waiting_for_frames": waited, "total": elapsed}
     videos = len({q["video_path"] for q in todo})
     report = {"rank": rank, "device": device_name, "questions": len(todo), "videos": videos, **info}
     report |= {"seconds": {name: round(value, 3) for name, value in seconds.items()}}
@@ -182,9 +185,9 @@ def answer_shard(rank, model, processor, info, config, questions, done_ids, run_
     )
 
 
-def answer_videos(worker: Worker, questions, done_ids, run_dir: Path, compare_first, device: str, todo: int) -> float:
+def answer_videos(worker: Worker, questions, done_ids, run_dir: Path, compare_first, device: str, todo: int):
     """The per-video loop: decode (next videos in background threads) -> answers -> one shard append per batch.
-    Returns the seconds spent decoding videos."""
+    Returns the seconds spent decoding videos (in the background) and those the model waited for frames."""
     groups = {path: qs for path, qs in group_by_video(questions).items() if any(q["id"] not in done_ids for q in qs)}
     video_processor = worker.processor.video_processor
     factor = video_processor.patch_size * video_processor.merge_size
@@ -198,10 +201,15 @@ def answer_videos(worker: Worker, questions, done_ids, run_dir: Path, compare_fi
         device.startswith("cuda"),
     )
     threads = video_threads(device, worker.config)
-    video_seconds, rank, answered, started = 0.0, worker.rank, 0, time.perf_counter()
+    worker.log.info(f"worker {worker.rank}: {threads} background threads prepare videos")
+    video_seconds, waited, rank, answered, started = 0.0, 0.0, worker.rank, 0, time.perf_counter()
     with ShardFile(run_dir / "shards" / f"shard_{rank}.jsonl") as shard:  # the parent shows the run's progress
         for decoded in decoded_videos(list(groups), worker.config, factor, prepare, threads):
             video_seconds += decoded.seconds
+            waited += decoded.waited
+            if decoded.waited >= WAIT_WORTH_LOGGING:
+                idle = "the GPU" if device.startswith("cuda") else "the model"
+                worker.log.info(f"worker {rank}: {idle} waited {decoded.waited:.2f}s for the frames of {decoded.path}")
             if decoded.prefix is not None:
                 worker.timer.add("processor", decoded.prefix.seconds)
             for records in answer_video(worker, groups[decoded.path], decoded, done_ids, compare_first):
@@ -213,7 +221,7 @@ def answer_videos(worker: Worker, questions, done_ids, run_dir: Path, compare_fi
             rate = answered / (time.perf_counter() - started)
             worker.log.info(f"worker {rank}: {decoded.path} done; {answered}/{todo} questions, {rate:.2f} questions/s")
             compare_first = compare_first and decoded.video is None  # the first video that decodes is compared
-    return video_seconds
+    return video_seconds, waited
 
 
 def answer_video(worker: Worker, questions, decoded: DecodedVideo, done_ids, compare_positions_first):
