@@ -323,8 +323,9 @@ def video_token_count(processor, video: VideoFrames) -> int:
 
 class StageTimer:
     """Seconds spent in the processor (CPU), host-to-device copies, the vision encoder, prefill (language-model
-    passes over more than one token per row) and generation steps (one new token per row), and the number of
-    prefill tokens (padding included).
+    passes over more than one token per row) and generation steps (one new token per row); the number of
+    prefill tokens (padding included), of decode steps, and of the rows those steps carried (decoded_tokens:
+    finished rows still in the batch count, a graph's padding rows do not), so rows per step can be read off.
 
     The model's passes are measured by forward hooks; the fast decoder's steps (which bypass the hooks) and the
     copies report through `stage`, the processor through `stage(..., on_gpu=False)` or `add`. On CUDA a GPU
@@ -335,6 +336,7 @@ class StageTimer:
     def __init__(self, model):
         self.totals = {name: 0.0 for name in ("vision_encoder", "prefill", "generation", "processor", "host_to_device")}
         self.prefill_tokens = 0
+        self.decode_steps, self.decoded_tokens = 0, 0
         self._cuda = model.device.type == "cuda"
         self._pending: deque[tuple[str, object, object]] = deque()  # (stage, start, end) not yet added up
         self._open: tuple[str, object] | None = None
@@ -359,6 +361,11 @@ class StageTimer:
     def add(self, name: str, seconds: float) -> None:
         with self._lock:
             self.totals[name] += seconds
+
+    def count_decode(self, steps: int, rows: int) -> None:
+        """`steps` decode steps of `rows` rows each (the fast decoder's steps bypass the hooks)."""
+        self.decode_steps += steps
+        self.decoded_tokens += steps * rows
 
     @contextmanager
     def stage(self, name: str, on_gpu: bool = True):
@@ -401,6 +408,8 @@ class StageTimer:
         batch, new_tokens = embeds.shape[:2]
         if new_tokens > 1:
             self.prefill_tokens += batch * new_tokens
+        else:
+            self.count_decode(1, batch)
         self._start("prefill" if new_tokens > 1 else "generation", module, args, kwargs)
 
     def _stop(self, module, args, kwargs, output):

@@ -177,11 +177,13 @@ def answer_shard(rank, model, processor, info, config, questions, done_ids, run_
     report = {"rank": rank, "device": device_name, "questions": len(todo), "videos": videos, **info}
     report |= {"seconds": {name: round(value, 3) for name, value in seconds.items()}}
     report["prefill_tokens"] = timer.prefill_tokens
+    report["decode_steps"], report["decoded_tokens"] = timer.decode_steps, timer.decoded_tokens
     atomic_write(run_dir / "shards" / f"worker_{rank}.json", json.dumps(report))
     log.info(
         f"worker {rank}: done, {len(todo)} questions in {elapsed:.1f}s ({len(todo) / elapsed:.2f} questions/s); "
         + ", ".join(f"{name} {value:.1f}s" for name, value in seconds.items() if name != "total")
-        + f"; {timer.prefill_tokens} prefill tokens"
+        + f"; {timer.prefill_tokens} prefill tokens; {timer.decode_steps} decode steps carrying "
+        + f"{timer.decoded_tokens} rows ({timer.decoded_tokens / max(1, timer.decode_steps):.1f} per step)"
     )
 
 
