@@ -6,6 +6,8 @@ needs 5-6 ms); rows that finished ride along until the longest ends. Here:
 
 - a batch's rows live in preallocated cache buffers [rows, kv_heads, length, head_dim] (one arena per layer,
   reused by every batch), laid out as the HF path lays them: [video prefix | left padding | own tokens | new];
+- a batch's questions are prefilled packed, side by side against one copy of their video's prefix, with no
+  padding between them (packed_prefill.py), and their keys and values then placed in their rows;
 - one decode step is a fixed sequence of operations on fixed tensors that advances its own inputs (the token
   fed next, its M-RoPE position, its cache slot), so on CUDA it is captured once per shape and replayed as a
   CUDA graph; optionally it is compiled with torch.compile;
@@ -14,8 +16,8 @@ needs 5-6 ms); rows that finished ride along until the longest ends. Here:
 
 The step calls the model's own text layers (transformers' attention, rotary and norm code), so the
 arithmetic is the HF path's: answers are token-identical to it in float32 on CPU (the tests check every
-supported family). In bf16 on a GPU the kernels see other shapes (a longer, masked cache; fewer rows after a
-drop), which can change a near-tie between two tokens.
+supported family). In bf16 on a GPU the kernels see other shapes (a packed prefill, a longer, masked cache;
+fewer rows after a drop), which can change a near-tie between two tokens.
 """
 
 from collections import OrderedDict
