@@ -11,17 +11,20 @@ with random bf16 weights created directly on the GPU, with a locally built token
 
 Scenarios (random weights never write an end token, so every answer runs to the limit):
 - short: 16 videos x 18 questions, 4 new tokens (VSI-Bench's default prompt);
-- long: 2 videos x 18 questions, 512 new tokens (a reasoning prompt).
+- long: 8 videos x 18 questions (ScanNet- and ScanNet++-sized in turn), 512 new tokens (a reasoning prompt).
 Pipelines (benchmarks/bench_eval.py's):
 - naive: per question decode the video, run the processor, the vision encoder, a full prefill and
   transformers' generate (the original Spatial-R1 script, lmms-eval);
 - shared_hf: the evaluator before the fast decoder (decode once, shared video prefix, generate, batches of 8);
-- fast: the evaluator now (background preparation, shared prefix, one batch per video, the fast decoder).
-naive and shared_hf answer only as many questions as their time caps allow; rates are per question.
+- fast: the evaluator now (preparation pool, packed vision attention, shared prefix, one batch per video,
+  packed prefill, the fast decoder).
+naive and shared_hf run the vision encoder as transformers does (one sdpa call per window) and answer only as
+many questions as their time caps allow; rates are per question.
 
 Prints progress lines with timestamps, then one JSON line: questions/s per pipeline and scenario, the ratios,
-seconds per stage (CUDA events), the GPU busy fraction (NVML, sampled) and peak memory. Each pipeline runs in
-its own try block, so a failure is reported and the rest still runs; a time budget skips what would not fit.
+seconds per stage (CUDA events), encoder milliseconds per video, rows per decode step, the GPU busy fraction
+(NVML, sampled) and peak memory. Each pipeline runs in its own try block, so a failure is reported and the rest
+still runs; a time budget skips what would not fit.
 """
 
 import argparse
@@ -49,6 +52,7 @@ from vsibench_eval.demo import tiny_models
 from vsibench_eval.model.decode import FastDecoder, unsupported_reason  # noqa: E402
 from vsibench_eval.model.generation import greedy  # noqa: E402
 from vsibench_eval.model.positions import use_published_positions  # noqa: E402
+from vsibench_eval.model.vision_attention import use_packed_vision_attention  # noqa: E402
 from vsibench_eval.settings.config import EvalConfig  # noqa: E402
 from vsibench_eval.settings.protocols import apply_protocol  # noqa: E402
 
@@ -105,16 +109,20 @@ TINY_VISION = QWEN2_5_VL_7B_VISION | {
 # (dataset, width, height) of the synthetic videos, alternating; all are resized to 448x336.
 VIDEO_SIZES = (("scannet", 640, 480), ("scannetpp", 1920, 1440))
 TINY_VIDEO_SIZES = (("scannet", 320, 240), ("scannetpp", 480, 360))
-SOURCE_FPS, SECONDS = 10, 16
+SOURCE_FPS = 10
+# Video length in seconds, and the frames taken from each video (its frame count and size).
+SECONDS, TINY_SECONDS = 16, 4
+FRAMES = {"num_frames": 32, "target_resolution": [448, 448]}
+TINY_FRAMES = {"num_frames": 8, "target_resolution": [224, 224]}  # a tiny run's prompts stay short on a CPU
 
 # Per scenario: videos, questions per video, new tokens, and the seconds naive and shared_hf may take.
 SCENARIOS = {
     "short": {"videos": 16, "questions_per_video": 18, "new_tokens": 4, "caps": {"naive": 40, "shared_hf": 40}},
-    "long": {"videos": 2, "questions_per_video": 18, "new_tokens": 512, "caps": {"naive": 35, "shared_hf": 70}},
+    "long": {"videos": 8, "questions_per_video": 18, "new_tokens": 512, "caps": {"naive": 35, "shared_hf": 60}},
 }
 TINY_SCENARIOS = {
     "short": {"videos": 2, "questions_per_video": 4, "new_tokens": 4, "caps": {"naive": 60, "shared_hf": 60}},
-    "long": {"videos": 1, "questions_per_video": 4, "new_tokens": 16, "caps": {"naive": 60, "shared_hf": 60}},
+    "long": {"videos": 8, "questions_per_video": 2, "new_tokens": 8, "caps": {"naive": 10, "shared_hf": 10}},
 }
 PIPELINE_ORDER = {
     "short": ("fast", "naive", "shared_hf"),
@@ -158,9 +166,9 @@ def build_model(tokenizer, tiny: bool, device: str):
     return use_published_positions(model.eval())
 
 
-def write_video(path: Path, width: int, height: int, seed: int) -> None:
+def write_video(path: Path, width: int, height: int, seed: int, seconds: int) -> None:
     """A synthetic mp4 of moving boxes: with OpenCV (mp4v) where it is installed, else with PyAV."""
-    frames = demo_data.render_frames(width, height, SECONDS * SOURCE_FPS, np.random.default_rng(seed))
+    frames = demo_data.render_frames(width, height, seconds * SOURCE_FPS, np.random.default_rng(seed))
     try:
         import cv2
     except ImportError:
@@ -174,13 +182,13 @@ def write_video(path: Path, width: int, height: int, seed: int) -> None:
     writer.release()
 
 
-def build_videos(out_dir: Path, count: int, sizes) -> list[Path]:
+def build_videos(out_dir: Path, count: int, sizes, seconds: int) -> list[Path]:
     jobs = []
     for v in range(count):
         dataset, width, height = sizes[v % len(sizes)]
         path = out_dir / dataset / f"scene{v:04d}.mp4"
         path.parent.mkdir(parents=True, exist_ok=True)
-        jobs.append((path, width, height, v))
+        jobs.append((path, width, height, v, seconds))
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(lambda job: write_video(*job), jobs))
     return [job[0] for job in jobs]
@@ -234,11 +242,13 @@ def run_pipeline(name, model, processor, config, questions, decoder, stop_at, de
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     pipeline = "fast" if name == "fast_compiled" else name
+    use_vision_attention(model, packed=pipeline == "fast")
     with BusySampler(device) as sampler:
         run = bench_eval.measure(pipeline, model, processor, config, questions, decoder, stop_at)
         if cuda:
             torch.cuda.synchronize()
-    stages = run["timer"].seconds
+    timer = run["timer"]
+    stages, steps = timer.seconds, timer.decode_steps
     answered = len(run["answers"])
     return {
         "questions": answered,
@@ -250,9 +260,20 @@ def run_pipeline(name, model, processor, config, questions, decoder, stop_at, de
         "stage_fraction": round(sum(stages.values()) / run["seconds"], 3) if run["seconds"] > 0 else None,
         "gpu_busy": sampler.busy,
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
-        "prefill_tokens": run["timer"].prefill_tokens,
+        "encoder_ms_per_video": round(1000 * stages["vision_encoder"] / run["decodes"], 1) if run["decodes"] else None,
+        "prefill_tokens": timer.prefill_tokens,
+        "decode_steps": steps,
+        "rows_per_decode_step": round(timer.decoded_tokens / steps, 2) if steps else None,
         "answers": run["answers"],
     }
+
+
+def use_vision_attention(model, packed: bool) -> None:
+    """The vision encoder's attention: packed (vision_attention.py) for the fast pipeline, transformers' own
+    per-window sdpa calls for the baselines, as the evaluator ran before."""
+    model.model.visual.config._attn_implementation = "sdpa"
+    if packed:
+        use_packed_vision_attention(model)
 
 
 def error_text(failure: BaseException) -> str:
@@ -260,12 +281,11 @@ def error_text(failure: BaseException) -> str:
     return f"{type(failure).__name__}: {failure} (at {Path(where.filename).name}:{where.lineno})"
 
 
-def run_scenario(name, spec, model, processor, questions, decoders: dict, deadline, device) -> dict:
+def run_scenario(name, spec, model, processor, questions, decoders: dict, deadline, device, frames: dict) -> dict:
     """The scenario's pipelines, most important first; `decoders`: the FastDecoder of fast (and fast_compiled)."""
     config = EvalConfig(
-        num_frames=32,
-        fps=0,  # 32 frames from every video, as from VSI-Bench's long videos
-        target_resolution=[448, 448],
+        **frames,
+        fps=0,  # the same frame count from every video, as from VSI-Bench's long videos
         batch_size=8,  # shared_hf's fixed batches (fast uses the evaluator's defaults)
         max_new_tokens=spec["new_tokens"],
         prompt_type="default",
@@ -299,6 +319,7 @@ def run_scenario(name, spec, model, processor, questions, decoders: dict, deadli
         log(
             f"{name}/{pipeline}: {stats['questions']} questions in {stats['seconds']}s "
             f"({stats['questions_per_second']} q/s), busy {stats['gpu_busy']}, stages {stats['stage_seconds']}, "
+            f"encoder {stats['encoder_ms_per_video']} ms/video, {stats['rows_per_decode_step']} rows/step, "
             f"peak {stats['peak_memory_gib']} GiB"
         )
     add_ratios(result)
@@ -321,10 +342,10 @@ def add_ratios(result: dict) -> None:
         stats.pop("answers", None)
 
 
-def warm_up(model, processor, questions, decoder, device) -> dict:
+def warm_up(model, processor, questions, decoder, device, frames: dict) -> dict:
     """First calls pay one-off costs (CUDA kernels and libraries, graph capture): each pipeline answers a few
     short questions before the clock runs."""
-    config = EvalConfig(num_frames=32, fps=0, target_resolution=[448, 448], batch_size=8, max_new_tokens=4)
+    config = EvalConfig(**frames, fps=0, batch_size=8, max_new_tokens=4)
     apply_protocol(config, "qwen2_5_vl")
     seconds = {}
     for pipeline, count in (("fast", 18), ("shared_hf", 8), ("naive", 1)):
@@ -369,7 +390,7 @@ def main() -> None:
         parser.exit(2, f"{parser.prog}: error: no CUDA GPU here; run with --tiny to check the script on a CPU\n")
     device = "cuda:0" if torch.cuda.is_available() and not args.tiny else "cpu"
     deadline = STARTED + args.budget_s
-    scenarios = TINY_SCENARIOS if args.tiny else SCENARIOS
+    scenarios, frames = (TINY_SCENARIOS, TINY_FRAMES) if args.tiny else (SCENARIOS, FRAMES)
     transformers.utils.logging.disable_progress_bar()
     result = {"device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"}
     result |= {"versions": versions(), "budget_s": args.budget_s, "scenarios": {}}
@@ -399,7 +420,8 @@ def main() -> None:
                 raise RuntimeError(f"the fast decoder does not apply: {reason}")
             tick = time.perf_counter()
             count = max(spec["videos"] for spec in scenarios.values())
-            paths = build_videos(tmp / "videos", count, TINY_VIDEO_SIZES if args.tiny else VIDEO_SIZES)
+            sizes, seconds = (TINY_VIDEO_SIZES, TINY_SECONDS) if args.tiny else (VIDEO_SIZES, SECONDS)
+            paths = build_videos(tmp / "videos", count, sizes, seconds)
             result["setup_seconds"]["videos"] = round(time.perf_counter() - tick, 1)
             log(f"{count} synthetic videos written in {result['setup_seconds']['videos']}s")
             per_video = max(spec["questions_per_video"] for spec in scenarios.values())
@@ -408,7 +430,7 @@ def main() -> None:
             decoders = {"fast": decoder}
             if args.compile:
                 decoders["fast_compiled"] = FastDecoder(model, compile_step=True)
-            result["warm_up_seconds"] = warm_up(model, processor, questions, decoder, device)
+            result["warm_up_seconds"] = warm_up(model, processor, questions, decoder, device, frames)
             log(f"warm-up: {result['warm_up_seconds']}")
         except Exception as failure:
             result["error"] = f"setup failed: {error_text(failure)}"
@@ -425,7 +447,7 @@ def main() -> None:
                 and q["id"] % per_video < spec["questions_per_video"]
             ]
             try:
-                outcome = run_scenario(name, spec, model, processor, chosen, decoders, deadline, device)
+                outcome = run_scenario(name, spec, model, processor, chosen, decoders, deadline, device, frames)
             except Exception as failure:
                 outcome = {"error": error_text(failure)}
                 log(f"{name}: FAILED {outcome['error']}")
@@ -440,11 +462,12 @@ def main() -> None:
 
 
 def targets(scenarios: dict) -> dict:
-    """The issue's goals, as measured here."""
+    """The goals set for the evaluator on one H100, as measured here."""
     short, long = scenarios.get("short", {}), scenarios.get("long", {})
-    fast_rate = short.get("pipelines", {}).get("fast", {}).get("questions_per_second")
+    short_rate, long_rate = (s.get("pipelines", {}).get("fast", {}).get("questions_per_second") for s in (short, long))
     return {
-        "short_fast_at_least_40_per_s": fast_rate is not None and fast_rate >= 40,
+        "short_fast_at_least_45_per_s": short_rate is not None and short_rate >= 45,
+        "long_fast_at_least_10_per_s": long_rate is not None and long_rate >= 10,
         "short_fast_at_least_20x_naive": short.get("fast_over_naive", 0) >= 20,
         "long_fast_at_least_3x_shared_hf": long.get("fast_over_shared_hf", 0) >= 3,
     }

@@ -43,3 +43,20 @@ def run_eval(argv: list[str]) -> tuple[int, Path | None]:
 def read_results(run_dir: Path, prompt_type: str = "default") -> list[dict]:
     path = run_dir / f"vsibench_results_{prompt_type}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def answer_tokens(model, processor, monkeypatch):
+    """Make both paths return each row's new token ids up to its first end token instead of text, so the tests
+    compare tokens (special ones included), not decoded strings."""
+    ends = model.generation_config.eos_token_id
+    ends = set(ends) if isinstance(ends, list) else {ends}
+
+    def ids_until_end(tokens, **kwargs):
+        rows = []
+        for row in tokens:
+            row = [int(t) for t in row]
+            cut = next((i for i, t in enumerate(row) if t in ends), None)
+            rows.append(row if cut is None else row[: cut + 1])
+        return rows
+
+    monkeypatch.setattr(processor, "batch_decode", ids_until_end)

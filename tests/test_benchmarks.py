@@ -47,6 +47,10 @@ def test_bench_gpu_tiny_runs_every_scenario_on_the_cpu(tmp_path):
     assert result["device"] == "cpu" and "error" not in result
     assert set(result["scenarios"]) >= {"short", "long"}
     assert all("error" not in scenario for scenario in result["scenarios"].values())
+    long_fast = result["scenarios"]["long"]["pipelines"]["fast"]
+    assert long_fast["videos"] >= 8 and long_fast["questions"] == 16  # 8 videos, ScanNet- and ScanNet++-sized
+    assert long_fast["rows_per_decode_step"] >= 1 and long_fast["encoder_ms_per_video"] > 0
+    assert "gpu_busy" in long_fast and long_fast["decode_steps"] > 0
 
 
 @pytest.mark.slow  # a fresh interpreter loads torch and transformers

@@ -7,7 +7,7 @@ from functools import partial
 
 import pytest
 import torch
-from helpers import read_results, video_and_texts
+from helpers import answer_tokens, read_results, video_and_texts
 
 from vsibench_eval.inputs.questions import group_by_video, load_questions
 from vsibench_eval.model import decode
@@ -24,23 +24,6 @@ from vsibench_eval.model.generation import (
 )
 from vsibench_eval.running import video_prep, worker
 from vsibench_eval.settings.protocols import apply_protocol
-
-
-def answer_tokens(model, processor, monkeypatch):
-    """Make both paths return each row's new token ids up to its first end token instead of text, so the tests
-    compare tokens (special ones included), not decoded strings."""
-    ends = model.generation_config.eos_token_id
-    ends = set(ends) if isinstance(ends, list) else {ends}
-
-    def ids_until_end(tokens, **kwargs):
-        rows = []
-        for row in tokens:
-            row = [int(t) for t in row]
-            cut = next((i for i, t in enumerate(row) if t in ends), None)
-            rows.append(row if cut is None else row[: cut + 1])
-        return rows
-
-    monkeypatch.setattr(processor, "batch_decode", ids_until_end)
 
 
 @pytest.mark.slow
@@ -124,7 +107,7 @@ def test_out_of_memory_frees_the_cache_and_the_batch_is_split(demo_dirs, monkeyp
     prefix = prefill_prefix(model, processor, video, shared_prefix_text(texts), "2.0")
     expected = generate_from_prefix(model, processor, prefix, texts[:4], max_new_tokens=6)
     decoder = FastDecoder(model)
-    prefill = decoder._prefill
+    prefill = decoder._prefill_packed
 
     def fits_two_rows(slot, input_ids, *args):
         if input_ids.shape[0] > 2:
@@ -132,7 +115,7 @@ def test_out_of_memory_frees_the_cache_and_the_batch_is_split(demo_dirs, monkeyp
             raise torch.OutOfMemoryError("CUDA out of memory")
         return prefill(slot, input_ids, *args)
 
-    monkeypatch.setattr(decoder, "_prefill", fits_two_rows)
+    monkeypatch.setattr(decoder, "_prefill_packed", fits_two_rows)
     answer = partial(generate_from_prefix, model, processor, prefix, max_new_tokens=6, decoder=decoder)
     assert worker.answer_batch(answer, texts[:4]) == [(text, None) for text in expected]
     ((rows, length),) = {key[:2] for key in decoder.slots}  # only shapes made after the memory was given back
@@ -219,8 +202,14 @@ def test_stage_timer_adds_up_stages_without_waiting():
 def test_demo_run_is_the_same_with_either_decoder(demo_run):
     fast_dir, hf_dir = demo_run("qwen2_5_vl"), demo_run("qwen2_5_vl", "--decoder", "hf")
     assert read_results(fast_dir) == read_results(hf_dir)
-    settings = [json.loads((d / "summary.json").read_text())["settings"] for d in (fast_dir, hf_dir)]
-    assert settings[0]["decoder"] == ["fast"] and settings[1]["decoder"] == ["hf"]
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (fast_dir, hf_dir)]
+    assert summaries[0]["settings"]["decoder"] == ["fast"] and summaries[1]["settings"]["decoder"] == ["hf"]
+    (fast,), (hf,) = (summary["workers"] for summary in summaries)
+    for worker_report in (fast, hf):
+        assert worker_report["vision_attention"] == "packed" and "waiting_for_frames" in worker_report["seconds"]
+        assert 0 < worker_report["decode_steps"] <= worker_report["decoded_tokens"]
+    assert fast["prefill_tokens"] < hf["prefill_tokens"]  # packed: no padding between a video's questions
+    assert fast["decoded_tokens"] <= hf["decoded_tokens"]  # finished rows dropped
 
 
 def test_graph_rows_and_lengths():

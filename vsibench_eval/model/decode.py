@@ -6,6 +6,8 @@ needs 5-6 ms); rows that finished ride along until the longest ends. Here:
 
 - a batch's rows live in preallocated cache buffers [rows, kv_heads, length, head_dim] (one arena per layer,
   reused by every batch), laid out as the HF path lays them: [video prefix | left padding | own tokens | new];
+- a batch's questions are prefilled packed, side by side against one copy of their video's prefix, with no
+  padding between them (packed_prefill.py), and their keys and values then placed in their rows;
 - one decode step is a fixed sequence of operations on fixed tensors that advances its own inputs (the token
   fed next, its M-RoPE position, its cache slot), so on CUDA it is captured once per shape and replayed as a
   CUDA graph; optionally it is compiled with torch.compile;
@@ -14,14 +16,16 @@ needs 5-6 ms); rows that finished ride along until the longest ends. Here:
 
 The step calls the model's own text layers (transformers' attention, rotary and norm code), so the
 arithmetic is the HF path's: answers are token-identical to it in float32 on CPU (the tests check every
-supported family). In bf16 on a GPU the kernels see other shapes (a longer, masked cache; fewer rows after a
-drop), which can change a near-tie between two tokens.
+supported family). In bf16 on a GPU the kernels see other shapes (a packed prefill, a longer, masked cache;
+fewer rows after a drop), which can change a near-tie between two tokens.
 """
 
 from collections import OrderedDict
 from contextlib import nullcontext
 
 import torch
+
+from vsibench_eval.model.packed_prefill import packed_layout, prefill_packed
 
 # The families whose fast path the tests prove token-identical to HF's. Others (linear-attention or
 # sliding-window layers, whose caches hold other state) are answered by HF's generate.
@@ -282,6 +286,7 @@ class FastDecoder:
         position_ids, _ = self.model.model.get_rope_index(
             input_ids=input_ids, mm_token_type_ids=mm_token_type_ids, attention_mask=attention_mask, **grids
         )
+        layout = packed_layout(attention_mask, prefix_length) if prefix_cache is not None else None
         input_ids, attention_mask, position_ids = (
             tensor.to(self.device, non_blocking=True) for tensor in (input_ids, attention_mask, position_ids)
         )
@@ -289,47 +294,68 @@ class FastDecoder:
         length = round_up(prompt_length + max_new + WARMUP_STEPS, self.length_step)
         try:
             slot = self._slot(rows, length, max_new, penalty, eos)
-            self._prefill(slot, input_ids, attention_mask, position_ids, prefix_cache, prefix_length, vision or {})
+            self._reset(slot, input_ids, attention_mask)
+            if prefix_cache is not None:
+                layout = [tensor.to(self.device, non_blocking=True) for tensor in layout]
+                logits = self._prefill_packed(slot, input_ids, position_ids, prefix_cache, prefix_length, layout)
+            else:
+                logits = self._prefill(slot, input_ids, position_ids, vision or {})
+            choose_next(slot, logits, slice(0, batch))
+            slot.positions[:, :batch, 0] = position_ids[:, :, -1] + 1  # decoding goes on after the last prompt
+            slot.write_index[:batch] = prompt_length
             return self._decode(slot, batch, max_new, penalty, eos)
         except torch.OutOfMemoryError:
             self.release()
             raise
 
-    def _prefill(self, slot, input_ids, attention_mask, position_ids, prefix_cache, prefix_length, vision) -> None:
-        """Write the prefix and each row's own tokens into the cache and choose every row's first new token."""
+    def _reset(self, slot: DecodeSlot, input_ids, attention_mask) -> None:
+        """A slot's state for a new batch: which slots each row attends to, and the repetition penalty's ids."""
         batch, prompt_length = input_ids.shape
         for tensor in slot.state():
             tensor.zero_()
         slot.valid[batch:, 0] = True  # dummy rows (graph padding) attend to one slot and never count as active
         slot.done[batch:] = True
-        if prefix_cache is not None:
-            for (keys, values), layer in zip(slot.cache.layers, prefix_cache.layers, strict=True):
-                keys[:batch, :, :prefix_length] = layer.keys  # [1, H, P, D] broadcast over the rows
-                values[:batch, :, :prefix_length] = layer.values
         slot.valid[:batch, :prompt_length] = attention_mask.bool()
         if slot.seen is not None:  # the repetition penalty counts the row's prompt tokens, padding excluded
             counted = torch.where(attention_mask.bool(), input_ids, input_ids[:, -1:])  # [B, L0]
             slot.seen[:batch].scatter_(1, counted, True)
 
-        own = torch.arange(prefix_length, prompt_length, device=input_ids.device)  # slots of the own tokens [W]
-        causal = torch.arange(slot.valid.shape[1], device=input_ids.device)[None, :] <= own[:, None]  # [W, L]
-        slot.cache.prefill_at = prefix_length
+    def _prefill(self, slot: DecodeSlot, input_ids, position_ids, vision: dict) -> torch.Tensor:
+        """Without a prefix: the whole prompts (with the video's pixels) through the model into the rows' cache;
+        returns each row's last logits [B, V]."""
+        batch, prompt_length = input_ids.shape
+        causal = (
+            torch.arange(slot.valid.shape[1], device=input_ids.device)[None, :]
+            <= torch.arange(prompt_length, device=input_ids.device)[:, None]
+        )  # [L0, L]
+        slot.cache.prefill_at = 0
         try:
-            logits = self.model(
-                input_ids=input_ids[:, prefix_length:],
-                position_ids=position_ids[:, :, prefix_length:],
-                attention_mask=slot.valid[:batch, None, None, :] & causal[None, None],  # [B, 1, W, L]
+            return self.model(
+                input_ids=input_ids,
+                position_ids=position_ids,
+                attention_mask=slot.valid[:batch, None, None, :] & causal[None, None],  # [B, 1, L0, L]
                 cache=slot.cache,
                 use_cache=True,
                 logits_to_keep=1,
                 **vision,
-            ).logits  # [B, 1, V]
+            ).logits[:, -1]
         finally:
             slot.cache.prefill_at = None
-        real = slice(0, batch)
-        choose_next(slot, logits[:, -1], real)
-        slot.positions[:, :batch, 0] = position_ids[:, :, -1] + 1  # decoding goes on after the last prompt position
-        slot.write_index[:batch] = prompt_length
+
+    def _prefill_packed(self, slot: DecodeSlot, input_ids, position_ids, prefix_cache, prefix_length, layout):
+        """With a video's prefix: its questions prefilled packed against one prefix copy (packed_prefill.py),
+        then the prefix and each question's keys and values written into the question's row as the left-padded
+        layout has them; returns each row's last logits [B, V]."""
+        batch = input_ids.shape[0]
+        rows, columns = layout
+        logits, packed = prefill_packed(self.model, input_ids, position_ids, rows, columns, prefix_cache, prefix_length)
+        for index, ((keys, values), layer) in enumerate(zip(slot.cache.layers, prefix_cache.layers, strict=True)):
+            keys[:batch, :, :prefix_length] = layer.keys  # [1, H, P, D] broadcast over the rows
+            values[:batch, :, :prefix_length] = layer.values
+            own_keys, own_values = packed.packed[index]  # [1, H, N, D]
+            keys[rows, :, columns] = own_keys[0].transpose(0, 1)  # [N, H, D]
+            values[rows, :, columns] = own_values[0].transpose(0, 1)
+        return logits
 
     def _decode(self, slot: DecodeSlot, batch: int, max_new: int, penalty, eos) -> list[list[int]]:
         """Run decode steps until every row has ended or generated max_new tokens; drop finished rows on the way."""
@@ -350,6 +376,8 @@ class FastDecoder:
             steps = min(self.check_every, max_new - generated)
             with self._stage("generation"):
                 self._run_steps(slot, steps)
+            if self.timer is not None:
+                self.timer.count_decode(steps, len(original))
             generated += steps
         out = slot.out[: len(original), :generated].cpu()
         for r, row in enumerate(original):

@@ -26,6 +26,7 @@ from transformers.utils import is_flash_attn_2_available
 from vsibench_eval.inputs.frames import VideoFrames
 from vsibench_eval.model.positions import use_published_positions
 from vsibench_eval.model.prefix_cache import batch_cache
+from vsibench_eval.model.vision_attention import use_packed_vision_attention
 
 VIDEO_PAD, VISION_END = "<|video_pad|>", "<|vision_end|>"
 
@@ -49,7 +50,8 @@ def load_model(
 
 def set_up_for_evaluation(model, processor, mrope_positions: str) -> dict:
     """Eval mode, left padding, M-RoPE positions by the published rule unless `mrope_positions` is
-    "transformers"; returns what the worker's report says of the model (dtype, attention, positions)."""
+    "transformers", the vision encoder's attention packed (vision_attention.py); returns what the worker's
+    report says of the model (dtype, attention, positions)."""
     processor.tokenizer.padding_side = "left"
     if mrope_positions == "published":
         use_published_positions(model)
@@ -57,6 +59,7 @@ def set_up_for_evaluation(model, processor, mrope_positions: str) -> dict:
     return {
         "dtype": str(model.dtype).removeprefix("torch."),
         "attention": model.config._attn_implementation,
+        "vision_attention": use_packed_vision_attention(model),
         "mrope_positions": mrope_positions,
     }
 
@@ -65,9 +68,12 @@ def set_up_for_evaluation(model, processor, mrope_positions: str) -> dict:
 def lent_model(model, processor, mrope_positions: str = "published"):
     """A model and processor the caller holds (e.g. a training loop's), set up for evaluation as load_model sets
     up its own (set_up_for_evaluation), with no gradients. Afterwards the train/eval mode, the grad mode, the
-    padding side and the model's own positions are as they were. Yields the info load_model returns."""
+    padding side, the model's own positions and its vision attention are as they were. Yields the info load_model
+    returns."""
     inner, tokenizer = model.model, processor.tokenizer
     was_training, padding_side = model.training, tokenizer.padding_side
+    vision_config = inner.visual.config
+    vision_attention = vision_config._attn_implementation
     patched = vars(inner).get("get_rope_index")  # None unless the instance already carries its own
     deltas = getattr(inner, "rope_deltas", None)
     info = set_up_for_evaluation(model, processor, mrope_positions)
@@ -77,6 +83,7 @@ def lent_model(model, processor, mrope_positions: str = "published"):
     finally:
         model.train(was_training)
         tokenizer.padding_side = padding_side
+        vision_config._attn_implementation = vision_attention
         if patched is None:
             vars(inner).pop("get_rope_index", None)
         else:
@@ -316,8 +323,9 @@ def video_token_count(processor, video: VideoFrames) -> int:
 
 class StageTimer:
     """Seconds spent in the processor (CPU), host-to-device copies, the vision encoder, prefill (language-model
-    passes over more than one token per row) and generation steps (one new token per row), and the number of
-    prefill tokens (padding included).
+    passes over more than one token per row) and generation steps (one new token per row); the number of
+    prefill tokens (padding included), of decode steps, and of the rows those steps carried (decoded_tokens:
+    finished rows still in the batch count, a graph's padding rows do not), so rows per step can be read off.
 
     The model's passes are measured by forward hooks; the fast decoder's steps (which bypass the hooks) and the
     copies report through `stage`, the processor through `stage(..., on_gpu=False)` or `add`. On CUDA a GPU
@@ -328,6 +336,7 @@ class StageTimer:
     def __init__(self, model):
         self.totals = {name: 0.0 for name in ("vision_encoder", "prefill", "generation", "processor", "host_to_device")}
         self.prefill_tokens = 0
+        self.decode_steps, self.decoded_tokens = 0, 0
         self._cuda = model.device.type == "cuda"
         self._pending: deque[tuple[str, object, object]] = deque()  # (stage, start, end) not yet added up
         self._open: tuple[str, object] | None = None
@@ -352,6 +361,11 @@ class StageTimer:
     def add(self, name: str, seconds: float) -> None:
         with self._lock:
             self.totals[name] += seconds
+
+    def count_decode(self, steps: int, rows: int) -> None:
+        """`steps` decode steps of `rows` rows each (the fast decoder's steps bypass the hooks)."""
+        self.decode_steps += steps
+        self.decoded_tokens += steps * rows
 
     @contextmanager
     def stage(self, name: str, on_gpu: bool = True):
@@ -394,6 +408,8 @@ class StageTimer:
         batch, new_tokens = embeds.shape[:2]
         if new_tokens > 1:
             self.prefill_tokens += batch * new_tokens
+        else:
+            self.count_decode(1, batch)
         self._start("prefill" if new_tokens > 1 else "generation", module, args, kwargs)
 
     def _stop(self, module, args, kwargs, output):

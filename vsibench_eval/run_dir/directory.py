@@ -336,6 +336,7 @@ def merge_and_report(config, run_dir: Path, questions, done_ids, failures: dict,
     atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     log.info(f"{answered} questions answered in {elapsed:.1f}s ({summary['questions_per_second']} questions/s)")
     stages = ("video_decoding", "vision_encoder", "prefill", "generation", "processor", "host_to_device")
+    stages = (*stages, "waiting_for_frames")  # the model idle: its next video's frames not ready yet
     stage_seconds = {name: sum(w["seconds"].get(name, 0.0) for w in workers) for name in stages}
     log.info("time in workers: " + ", ".join(f"{name} {value:.1f}s" for name, value in stage_seconds.items()))
     if failed_videos:
@@ -399,6 +400,7 @@ def score_settings(config: EvalConfig, workers: list[dict]) -> dict:
         "parser": "official",
         "dtype": sorted({w["dtype"] for w in workers}),
         "attention": sorted({w["attention"] for w in workers}),
+        "vision_attention": sorted({w.get("vision_attention", w["attention"]) for w in workers}),
         "devices": sorted({w["device"] for w in workers}),
         "decoder": sorted({w.get("decoder", "hf") for w in workers}),
         "batching": {"batch_size": config.batch_size, "batch_tokens": config.batch_tokens},

@@ -1,6 +1,7 @@
-"""Each video's work on the CPU, done in background threads while the model answers the previous video: its
-frames decoded and resized, its questions' prompts and chat texts, and the processor inputs (tokens and pixel
-patches) of its shared prefix.
+"""Each video's work on the CPU, done in a pool of background threads while the model answers earlier videos:
+its frames decoded and resized, its questions' prompts and chat texts, and the processor inputs (tokens and
+pixel patches) of its shared prefix. Each pool thread runs torch on one core, so the threads side by side use
+the cores the pool was given, and the time the model waited for a video's frames is measured.
 """
 
 import copy
@@ -11,6 +12,8 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
+
+import torch
 
 from vsibench_eval.inputs.cogmap import COGMAP_PROMPTS
 from vsibench_eval.inputs.frames import FrameRules, VideoError, VideoFrames, load_video
@@ -26,6 +29,7 @@ class DecodedVideo(NamedTuple):
     error: str | None
     seconds: float  # decoding and resizing
     prefix: object = None  # the prepared processor inputs of its shared prefix (PreparedPrefix), if any
+    waited: float = 0.0  # how long the model waited for it (the pool had not finished it yet)
 
 
 @dataclass
@@ -47,8 +51,8 @@ def frame_rules(config: EvalConfig) -> FrameRules:
 
 
 def decoded_videos(video_paths: list[str], config: EvalConfig, factor: int, prepare=None, threads: int = 1):
-    """Yield a DecodedVideo per video, in order, while background threads decode (and `prepare(path, frames)`,
-    e.g. patchify) the next `threads` videos."""
+    """Yield a DecodedVideo per video, in order, while a pool of `threads` background threads, each with one
+    torch thread, decodes (and `prepare(path, frames)`, e.g. patchifies) the next `threads` videos."""
 
     rules = frame_rules(config)
 
@@ -62,13 +66,15 @@ def decoded_videos(video_paths: list[str], config: EvalConfig, factor: int, prep
         seconds = time.perf_counter() - tick
         return DecodedVideo(path, frames, None, seconds, prepare(path, frames) if prepare else None)
 
-    with ThreadPoolExecutor(max_workers=threads) as pool:
+    with ThreadPoolExecutor(max_workers=threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
         pending = deque(pool.submit(decode, path) for path in video_paths[:threads])
         for next_path in [*video_paths[threads:], *[None] * len(pending)]:
+            asked = time.perf_counter()
             current = pending.popleft().result()
+            waited = time.perf_counter() - asked
             if next_path:
                 pending.append(pool.submit(decode, next_path))
-            yield current
+            yield current._replace(waited=waited)
 
 
 def prepare_prefix(
@@ -127,9 +133,10 @@ def needs_generated_map(config: EvalConfig, questions: list[dict]) -> bool:
 
 
 def video_threads(device: str, config: EvalConfig) -> int:
-    """Background threads preparing videos: one on the CPU (the model needs the cores); on a GPU enough to keep
-    it fed (a video's CPU work can take longer than its GPU work), within this worker's share of the cores."""
+    """Background threads preparing videos: one on the CPU (the model needs the cores); on a GPU this worker's
+    share of the cores less two (the thread driving the GPU, and the system), at least one: a 1920x1440 video
+    takes seconds of one core to decode and resize, far longer than the GPU takes to answer it."""
     if not device.startswith("cuda"):
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(4, cores // max(1, config.num_processes) - 1))
+    return max(1, cores // max(1, config.num_processes) - 2)

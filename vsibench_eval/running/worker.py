@@ -105,6 +105,9 @@ def evaluate_shard(
             raise
 
 
+WAIT_WORTH_LOGGING = 0.1  # seconds the model may wait for a video's frames before the log says so
+
+
 @dataclass
 class Worker:
     """What a worker holds for its whole shard."""
@@ -146,7 +149,8 @@ def answer_shard(rank, model, processor, info, config, questions, done_ids, run_
     todo = [q for q in questions if q["id"] not in done_ids]
     log.info(
         f"worker {rank} (pid {os.getpid()}): {len(todo)} of {len(questions)} questions to answer, device {device} "
-        f"({device_name}), dtype {info['dtype']}, attention {info['attention']}, "
+        f"({device_name}), dtype {info['dtype']}, attention {info['attention']} "
+        f"(vision encoder: {info['vision_attention']}), "
         f"M-RoPE positions {info['mrope_positions']}"
     )
     problem = prefix_reuse_problem(model) if config.shared_prefix else None
@@ -162,28 +166,30 @@ def answer_shard(rank, model, processor, info, config, questions, done_ids, run_
         decoder, info["decoder"] = choose_decoder(model, processor, config, decoding, timer)
         log.info(f"worker {rank}: decoder {info['decoder']}")
         worker = Worker(rank, config, model, processor, template, log, decoding, decoder, timer)
-        video_seconds = answer_videos(worker, questions, done_ids, run_dir, compare_first, device, len(todo))
+        video_seconds, waited = answer_videos(worker, questions, done_ids, run_dir, compare_first, device, len(todo))
     finally:
         timer.remove()  # a model lent by the caller keeps no hooks
     if decoder is not None and decoder.graph_failure:
         log.warning(f"worker {rank}: CUDA graphs turned off, decoding eagerly: {decoder.graph_failure}")
     elapsed = time.perf_counter() - started
-    seconds = {"video_decoding": video_seconds, **timer.seconds, "total": elapsed}
+    seconds = {"video_decoding": video_seconds, **timer.seconds, "waiting_for_frames": waited, "total": elapsed}
     videos = len({q["video_path"] for q in todo})
     report = {"rank": rank, "device": device_name, "questions": len(todo), "videos": videos, **info}
     report |= {"seconds": {name: round(value, 3) for name, value in seconds.items()}}
     report["prefill_tokens"] = timer.prefill_tokens
+    report["decode_steps"], report["decoded_tokens"] = timer.decode_steps, timer.decoded_tokens
     atomic_write(run_dir / "shards" / f"worker_{rank}.json", json.dumps(report))
     log.info(
         f"worker {rank}: done, {len(todo)} questions in {elapsed:.1f}s ({len(todo) / elapsed:.2f} questions/s); "
         + ", ".join(f"{name} {value:.1f}s" for name, value in seconds.items() if name != "total")
-        + f"; {timer.prefill_tokens} prefill tokens"
+        + f"; {timer.prefill_tokens} prefill tokens; {timer.decode_steps} decode steps carrying "
+        + f"{timer.decoded_tokens} rows ({timer.decoded_tokens / max(1, timer.decode_steps):.1f} per step)"
     )
 
 
-def answer_videos(worker: Worker, questions, done_ids, run_dir: Path, compare_first, device: str, todo: int) -> float:
+def answer_videos(worker: Worker, questions, done_ids, run_dir: Path, compare_first, device: str, todo: int):
     """The per-video loop: decode (next videos in background threads) -> answers -> one shard append per batch.
-    Returns the seconds spent decoding videos."""
+    Returns the seconds spent decoding videos (in the background) and those the model waited for frames."""
     groups = {path: qs for path, qs in group_by_video(questions).items() if any(q["id"] not in done_ids for q in qs)}
     video_processor = worker.processor.video_processor
     factor = video_processor.patch_size * video_processor.merge_size
@@ -197,10 +203,15 @@ def answer_videos(worker: Worker, questions, done_ids, run_dir: Path, compare_fi
         device.startswith("cuda"),
     )
     threads = video_threads(device, worker.config)
-    video_seconds, rank, answered, started = 0.0, worker.rank, 0, time.perf_counter()
+    worker.log.info(f"worker {worker.rank}: {threads} background threads prepare videos")
+    video_seconds, waited, rank, answered, started = 0.0, 0.0, worker.rank, 0, time.perf_counter()
     with ShardFile(run_dir / "shards" / f"shard_{rank}.jsonl") as shard:  # the parent shows the run's progress
         for decoded in decoded_videos(list(groups), worker.config, factor, prepare, threads):
             video_seconds += decoded.seconds
+            waited += decoded.waited
+            if decoded.waited >= WAIT_WORTH_LOGGING:
+                idle = "the GPU" if device.startswith("cuda") else "the model"
+                worker.log.info(f"worker {rank}: {idle} waited {decoded.waited:.2f}s for the frames of {decoded.path}")
             if decoded.prefix is not None:
                 worker.timer.add("processor", decoded.prefix.seconds)
             for records in answer_video(worker, groups[decoded.path], decoded, done_ids, compare_first):
@@ -212,7 +223,7 @@ def answer_videos(worker: Worker, questions, done_ids, run_dir: Path, compare_fi
             rate = answered / (time.perf_counter() - started)
             worker.log.info(f"worker {rank}: {decoded.path} done; {answered}/{todo} questions, {rate:.2f} questions/s")
             compare_first = compare_first and decoded.video is None  # the first video that decodes is compared
-    return video_seconds
+    return video_seconds, waited
 
 
 def answer_video(worker: Worker, questions, decoded: DecodedVideo, done_ids, compare_positions_first):
