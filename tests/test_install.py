@@ -29,6 +29,7 @@ if __name__ == "__main__":  # the evaluator's workers are spawned processes: the
     print(json.dumps({"mine": mine, "overall": summary["overall"], "n": summary["n"]}))
 """
 
+
 @pytest.mark.e2e
 def test_pip_install_beside_a_users_own_modules(demo_dirs, demo_run, tmp_path):
     source = tmp_path / "source"  # pip builds in the source tree: build from a copy, not the checkout
