@@ -115,11 +115,19 @@ def ask(client, model: str, messages: list[dict], max_new_tokens: int) -> tuple[
     except openai.APIStatusError as error:
         if error.status_code >= 500:  # 5xx beyond InternalServerError's (e.g. 503 through a proxy)
             raise ServerUnreachable(f"{type(error).__name__}: {error}") from None
-        return "", f"server rejected the request: {error.status_code} {error.message}", {}
+        return "", f"server rejected the request: {error.status_code} {server_message(error)}", {}
     choice = reply.choices[0] if reply.choices else None
     text = (choice.message.content or "") if choice else ""
     usage = reply.usage.model_dump(exclude_none=True) if reply.usage else None
     return text, None, {"server_model": reply.model, "usage": usage, "finish_reason": choice and choice.finish_reason}
+
+
+def server_message(error) -> str:
+    """What the server said about a rejected request: OpenAI's {"error": {"message"}} or FastAPI's {"detail"}."""
+    body = error.body if isinstance(error.body, dict) else {}
+    inner = body.get("error")
+    said = inner.get("message") if isinstance(inner, dict) else inner or body.get("detail")
+    return str(said) if said else error.message
 
 
 class ServedAnswerer:
