@@ -31,8 +31,11 @@ SERVER_DECIDES = {
 }
 
 
+NO_KEY = "none"  # what is sent when the key's variable is unset (a local server takes any)
+
+
 class ServerUnreachable(RuntimeError):
-    """The server could not be reached (or kept failing: 429, 5xx, timeouts) after the retries."""
+    """The server could not be reached (or kept failing: 429, 5xx, timeouts) after the retries, or refused the key."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ def make_client(settings: ServerSettings):
 
     return openai.OpenAI(
         base_url=settings.api_base,
-        api_key=os.environ.get(settings.api_key_env) or "none",
+        api_key=os.environ.get(settings.api_key_env) or NO_KEY,
         timeout=settings.timeout,
         max_retries=settings.retries,
     )
@@ -113,9 +116,12 @@ def ask(client, model: str, messages: list[dict], max_new_tokens: int) -> tuple[
     except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as error:
         raise ServerUnreachable(f"{type(error).__name__}: {error}") from None
     except openai.APIStatusError as error:
-        if error.status_code >= 500:  # 5xx beyond InternalServerError's (e.g. 503 through a proxy)
-            raise ServerUnreachable(f"{type(error).__name__}: {error}") from None
-        return "", f"server rejected the request: {error.status_code} {server_message(error)}", {}
+        said = server_message(error)
+        if client.api_key != NO_KEY:  # some servers quote the key they refused
+            said = said.replace(client.api_key, "<key>")
+        if error.status_code >= 500 or error.status_code in (401, 403):  # down, or no question would pass
+            raise ServerUnreachable(f"{error.status_code} {said}") from None
+        return "", f"server rejected the request: {error.status_code} {said}", {}
     choice = reply.choices[0] if reply.choices else None
     text = (choice.message.content or "") if choice else ""
     usage = reply.usage.model_dump(exclude_none=True) if reply.usage else None

@@ -2,7 +2,8 @@
 appending each finished batch to its shard file. The CPU's work for the next videos (video_prep.py) runs in
 background threads while the model answers the current one. A spawned worker process loads its model
 (evaluate_shard -> evaluate_questions); the Python API answers with a model the caller holds, in its own process
-(evaluate_in_process); both then take the same steps (answer_shard).
+(evaluate_in_process); both then take the same steps (answer_shard). A served model (backend openai) is asked
+through its server (answer_served_shard): the same videos, batches and records, another answerer.
 """
 
 import json
