@@ -28,10 +28,11 @@ test: lint
 test-fast: lint
 	$(PYTHON) -m pytest -q -m "not e2e and not slow"
 
-# Regenerate the lock from pyproject.toml's ranges: the newest releases they allow (and this machine's pip cap).
+# Regenerate the lock from pyproject.toml's ranges (with the dev and serve extras): the newest releases they allow
+# (and this machine's pip cap).
 lock: $(VENV)/installed
 	$(PYTHON) -m pip install --quiet uv==0.13.9
-	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --upgrade \
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra serve --python-version 3.11 --upgrade \
 		$(if $(PIP_CAP),--constraint $(PIP_CAP)) --custom-compile-command "make lock" -o requirements.txt
 
 # The tests on the newest releases the ranges allow, in an environment of their own: run it before bumping the lock.
@@ -39,7 +40,7 @@ test-latest:
 	rm -rf $(LATEST)
 	python3 -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
-	$(LATEST)/bin/python -m pip install --quiet --upgrade ".[dev]"
+	$(LATEST)/bin/python -m pip install --quiet --upgrade ".[dev,serve]"
 	$(LATEST)/bin/pip list 2>/dev/null | grep -iE '^(torch|transformers|tokenizers|accelerate) '
 	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider
 

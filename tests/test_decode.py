@@ -117,7 +117,7 @@ def test_out_of_memory_frees_the_cache_and_the_batch_is_split(demo_dirs, monkeyp
 
     monkeypatch.setattr(decoder, "_prefill_packed", fits_two_rows)
     answer = partial(generate_from_prefix, model, processor, prefix, max_new_tokens=6, decoder=decoder)
-    assert worker.answer_batch(answer, texts[:4]) == [(text, None) for text in expected]
+    assert worker.answer_batch(answer, texts[:4]) == [(text, None, {}) for text in expected]
     ((rows, length),) = {key[:2] for key in decoder.slots}  # only shapes made after the memory was given back
     assert rows == 2 and decoder.arena_tokens == 2 * length
 

@@ -377,14 +377,14 @@ def test_out_of_memory_batches_are_split_down_to_single_questions():
             raise torch.OutOfMemoryError("CUDA out of memory")
         return [p.upper() for p in prompts]
 
-    assert answer_batch(fits_one_at_a_time, ["a", "b", "c", "d"]) == [(x, None) for x in "ABCD"]
+    assert answer_batch(fits_one_at_a_time, ["a", "b", "c", "d"]) == [(x, None, {}) for x in "ABCD"]
     assert calls == [4, 2, 1, 1, 2, 1, 1]
 
     def never_fits(prompts):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     answers = answer_batch(never_fits, ["a", "b", "c"])
-    assert [p for p, _ in answers] == ["", "", ""] and all("out of memory" in e for _, e in answers)
+    assert [p for p, _, _ in answers] == ["", "", ""] and all("out of memory" in e for _, e, _ in answers)
 
 
 GOOD_ROW = {

@@ -77,6 +77,8 @@ def evaluate(model=None, processor=None, **config) -> dict:
             raise DataError(f"model: model_type {model_type!r} is not a Qwen-VL model ({accepted})")
         if processor is None:
             raise DataError("processor: needed with a model (AutoProcessor.from_pretrained of its checkpoint)")
+        if settings.backend != "transformers":
+            raise DataError(f"backend: {settings.backend} asks a server; with a model given, leave backend unset")
         if settings.demo:
             raise DataError("demo: evaluates its own model; with a model given, set parquet_file and video_dir")
         if "model_name" not in given:

@@ -8,3 +8,8 @@ FRAME_BLOCK_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe",
 
 
 QWEN_VL_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", *FRAME_BLOCK_MODEL_TYPES)
+
+
+def patch_factor(model_type: str) -> int:
+    """Pixels per side of one merged patch (patch size x merge size): frames' sides are multiples of it."""
+    return 32 if model_type in FRAME_BLOCK_MODEL_TYPES else 28

@@ -91,19 +91,22 @@ def lent_model(model, processor, mrope_positions: str = "published"):
         inner.rope_deltas = deltas
 
 
-def chat_text(processor, prompt: str, system_prompt: str = "none") -> str:
+def chat_text(processor, prompt: str, system_prompt: str = "none", images: int = 0) -> str:
     """The chat-formatted model input: a system message unless `system_prompt` is "none" (then the chat
-    template's default, if it has one, applies), then the user turn: the video first, then the prompt (the
-    benchmark's order)."""
-    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+    template's default, if it has one, applies), then the user turn: the video first (or, given `images`, that
+    many images, one per frame), then the prompt (the benchmark's order)."""
+    vision = [{"type": "image"}] * images if images else [{"type": "video"}]
+    messages = [{"role": "user", "content": [*vision, {"type": "text", "text": prompt}]}]
     if system_prompt != "none":
         messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system_prompt}]})
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def processor_inputs(processor, video: VideoFrames, texts: list[str], position_fps: str):
+def processor_inputs(processor, video: VideoFrames, texts: list[str], position_fps: str, video_input: str = "video"):
     """Tokenized, left-padded chat texts that each hold the video once, with its pixel patches. Records the
-    patch grid on `video` (video.grid_thw)."""
+    patch grid on `video` (video.grid_thw: per frame when `video_input` is "images")."""
+    if video_input == "images":
+        return image_inputs(processor, video, texts)
     inputs = processor(
         text=texts,
         videos=[video.frames] * len(texts),
@@ -121,6 +124,19 @@ def processor_inputs(processor, video: VideoFrames, texts: list[str], position_f
         seconds_per_frame = video.frame_spacing() if position_fps == "sampled" else 1.0 / float(position_fps)
         step = processor.video_processor.temporal_patch_size * seconds_per_frame
         inputs["second_per_grid_ts"] = torch.full((len(texts),), step)
+    return inputs
+
+
+def image_inputs(processor, video: VideoFrames, texts: list[str]):
+    """processor_inputs for chat texts that hold the frames as separate images (chat_text's `images`)."""
+    inputs = processor(
+        text=texts,
+        images=[list(video.frames)] * len(texts),
+        do_resize=False,  # frames are already sized
+        padding=True,
+        return_tensors="pt",
+    )
+    video.grid_thw = inputs["image_grid_thw"][0].tolist()
     return inputs
 
 
@@ -191,16 +207,17 @@ def generate_plain(
     decoding=None,
     decoder=None,
     timer=None,
+    video_input: str = "video",
 ):
     """Answers to chat texts about one video, each through the vision encoder and a full prefill. `decoding`:
     the run's generation config (decoding_config); with a `decoder` (decode.FastDecoder) its static-cache loop
     generates instead of transformers' generate; `timer`: a StageTimer for the processor and the copies to the
-    device."""
+    device; `video_input`: the frames as one video or as images (processor_inputs)."""
     with timed(timer, "processor", on_gpu=False):
-        inputs = processor_inputs(processor, video, texts, position_fps)
+        inputs = processor_inputs(processor, video, texts, position_fps, video_input)
     config = greedy(model, processor, max_new_tokens, decoding)
     if decoder is not None:  # positions are computed from the CPU copies, so nothing waits for the GPU
-        grids = {key: inputs[key] for key in ("video_grid_thw", "second_per_grid_ts") if key in inputs}
+        grids = {key: inputs[key] for key in GRID_INPUTS if key in inputs}
         with timed(timer, "host_to_device"):
             vision = to_device({key: value for key, value in inputs.items() if key not in TEXT_INPUTS}, model.device)
         rows = [inputs[key] for key in TEXT_INPUTS]
@@ -213,6 +230,7 @@ def generate_plain(
 
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids")
+GRID_INPUTS = ("video_grid_thw", "second_per_grid_ts", "image_grid_thw")
 
 
 # ---------------------------------------------------------------- shared-prefix path
@@ -309,11 +327,12 @@ def generate_from_prefix(
     return new_text(processor, output, length)
 
 
-def video_token_count(processor, video: VideoFrames) -> int:
-    """How many video tokens the model sees for these frames (temporal grids x merged patches)."""
+def video_token_count(processor, video: VideoFrames, video_input: str = "video") -> int:
+    """How many video tokens the model sees for these frames (temporal grids x merged patches; as images, each
+    frame is a grid of its own)."""
     video_processor = processor.video_processor
     frames, height, width = video.frames.shape[:3]
-    grids = -(-frames // video_processor.temporal_patch_size)
+    grids = frames if video_input == "images" else -(-frames // video_processor.temporal_patch_size)
     merged_patch = video_processor.patch_size * video_processor.merge_size
     return grids * (height // merged_patch) * (width // merged_patch)
 

@@ -323,6 +323,8 @@ def merge_and_report(config, run_dir: Path, questions, done_ids, failures: dict,
         "run_dir": str(run_dir),
         "results_file": str(results_path),
         "model_name": config.model_name,
+        "backend": config.backend,
+        "server_model": sorted({name for w in workers for name in w.get("server_model", [])}) or None,
         "protocol": config.protocol,
         "prompt_type": config.prompt_type,
         "failed_videos": failed_videos,
@@ -404,4 +406,5 @@ def score_settings(config: EvalConfig, workers: list[dict]) -> dict:
         "devices": sorted({w["device"] for w in workers}),
         "decoder": sorted({w.get("decoder", "hf") for w in workers}),
         "batching": {"batch_size": config.batch_size, "batch_tokens": config.batch_tokens},
+        "api": next((w["api"] for w in workers if "api" in w), None),  # a served model's server and client settings
     }

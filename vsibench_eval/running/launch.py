@@ -23,7 +23,13 @@ from vsibench_eval.run_dir.files import WriteError
 from vsibench_eval.running.prepare import prepare, select_questions
 from vsibench_eval.running.progress import RunProgress
 from vsibench_eval.running.spawning import WorkerStderr, stderr_tail
-from vsibench_eval.running.stopping import WRITE_FAILED, Interrupted, stop_signals_interrupt, stop_with_parent
+from vsibench_eval.running.stopping import (
+    SERVER_UNREACHABLE,
+    WRITE_FAILED,
+    Interrupted,
+    stop_signals_interrupt,
+    stop_with_parent,
+)
 from vsibench_eval.running.worker import evaluate_in_process, evaluate_questions, evaluate_shard
 from vsibench_eval.settings.config import EvalConfig
 
@@ -179,6 +185,8 @@ def exit_reason(exitcode: int) -> str:
         return f"killed by signal {signal.Signals(-exitcode).name}"
     if exitcode == WRITE_FAILED:
         return "stopped: a write to the run directory failed (its message is above)"
+    if exitcode == SERVER_UNREACHABLE:
+        return "stopped: the model's server could not be reached (its message is above)"
     if exitcode - 128 in signal.valid_signals():
         return f"stopped by {signal.Signals(exitcode - 128).name}"
     return f"exited with status {exitcode}"

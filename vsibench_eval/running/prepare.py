@@ -124,7 +124,10 @@ def check_video_dir(config: EvalConfig) -> None:
 def resolve_model(config: EvalConfig) -> str:
     """Make the run's checkpoint loadable by every worker without the Hub, and return its model_type. A Hub id is
     downloaded (or found in the cache) once, here, and model_revision set to the snapshot's commit (so config.json
-    records it); a local folder's path is made absolute (config.json always names it in full)."""
+    records it); a local folder's path is made absolute (config.json always names it in full). A served model
+    (backend openai) is not loaded here: its family is found (served_model_family) and its name kept as given."""
+    if config.backend == "openai":
+        return served_model_family(config)
     if not isinstance(config.model_name, str):
         raise DataError(f"model_name: one checkpoint per run, got {config.model_name!r}")
     if is_hub_id(config.model_name):
@@ -133,6 +136,20 @@ def resolve_model(config: EvalConfig) -> str:
     model_type = model_type_of(config.model_name, config.trust_remote_code)
     config.model_name = os.path.abspath(config.model_name)
     return model_type
+
+
+def served_model_family(config: EvalConfig) -> str:
+    """The served model's model_type: served_model_type when given, else read from model_name when that is a
+    local checkpoint (transformers serve and vLLM serve a folder under its path) or a Hub id. Set in the config,
+    so that workers and config.json have it."""
+    if not config.served_model_type:
+        if not (os.path.isdir(config.model_name) or is_hub_id(config.model_name)):
+            raise DataError(
+                f"served_model_type: needed for served model {config.model_name!r}, which is neither a local "
+                f"checkpoint nor a Hub id: give its family ({', '.join(QWEN_VL_MODEL_TYPES)})"
+            )
+        config.served_model_type = model_type_of(config.model_name, config.trust_remote_code)
+    return config.served_model_type
 
 
 def locate_data(config: EvalConfig) -> None:

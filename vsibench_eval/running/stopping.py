@@ -14,6 +14,7 @@ from pathlib import Path
 # Ctrl-C, what SLURM, Kubernetes and `kill` send, and what a closed terminal sends.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 WRITE_FAILED = 74  # a worker's exit status when it could not write to the run directory (sysexits' EX_IOERR)
+SERVER_UNREACHABLE = 69  # a worker's exit status when its model's server stayed unreachable (EX_UNAVAILABLE)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h: the signal this process gets when its parent dies
 PARENT_CHECK_SECONDS = 1.0
 PAUSE_DIR = "EVAL_QWEN_PAUSE_DIR"  # tests only: see pause_after_first_flush

@@ -83,12 +83,12 @@ def prepare_prefix(
     """In a background thread: the processor inputs of a video's shared prefix (tokens and pixel patches), with
     the thread's own copy of the processor (the tokenizer keeps per-call settings). None when not shared or when
     it fails (the main thread then computes them itself, and meets the error there)."""
-    if not config.shared_prefix:
+    if not config.shared_prefix or config.video_input == "images":  # images: no video block to share
         return None
     if not hasattr(local, "processor"):
         local.processor = copy.deepcopy(processor)
     try:
-        _, texts, map_text = video_texts(config, template, local.processor, groups[path])
+        _, texts, map_text = video_texts(config, template, local.processor, groups[path])  # a video, not images
         text = shared_prefix_text([*texts.values(), *([map_text] if map_text else [])])
         if text is None:
             return None
@@ -99,15 +99,22 @@ def prepare_prefix(
         return None
 
 
-def video_texts(config: EvalConfig, template: dict | None, processor, questions: list[dict]):
-    """The prompts and chat texts of a video's questions, and the chat text of its map when one is generated."""
+def video_texts(config: EvalConfig, template: dict | None, processor, questions: list[dict], images: int = 0):
+    """The prompts and model texts (model_text) of a video's questions, and the model text of its map when one
+    is generated. `images`: how many frames go as separate images (0: as one video)."""
     prompts = question_prompts(config, template, questions)
-    texts = {qid: chat_text(processor, prompt, config.system_prompt) for qid, prompt in prompts.items()}
+    texts = {qid: model_text(processor, prompt, config.system_prompt, images) for qid, prompt in prompts.items()}
     # The video's prefix is shared by the questions' texts and, when one is generated, the map's.
     map_text = None
     if needs_generated_map(config, questions):
-        map_text = chat_text(processor, COGMAP_PROMPTS[config.cogmap_prompt], config.system_prompt)
+        map_text = model_text(processor, COGMAP_PROMPTS[config.cogmap_prompt], config.system_prompt, images)
     return prompts, texts, map_text
+
+
+def model_text(processor, prompt: str, system_prompt: str, images: int = 0) -> str:
+    """What the model is given for a prompt: its chat text (generation.chat_text), or, for a served model (no
+    processor here), the prompt itself: the server puts it in its chat template."""
+    return prompt if processor is None else chat_text(processor, prompt, system_prompt, images)
 
 
 def question_prompts(

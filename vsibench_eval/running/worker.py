@@ -2,7 +2,8 @@
 appending each finished batch to its shard file. The CPU's work for the next videos (video_prep.py) runs in
 background threads while the model answers the current one. A spawned worker process loads its model
 (evaluate_shard -> evaluate_questions); the Python API answers with a model the caller holds, in its own process
-(evaluate_in_process); both then take the same steps (answer_shard).
+(evaluate_in_process); both then take the same steps (answer_shard). A served model (backend openai) is asked
+through its server (answer_served_shard): the same videos, batches and records, another answerer.
 """
 
 import json
@@ -24,11 +25,10 @@ from vsibench_eval.inputs.cogmap import format_cognitive_map, parse_cognitive_ma
 from vsibench_eval.inputs.frames import VideoFrames
 from vsibench_eval.inputs.prompts import load_prompt_template
 from vsibench_eval.inputs.questions import group_by_video
-from vsibench_eval.metric import extract_answer
 from vsibench_eval.model.decode import FastDecoder, unsupported_reason
+from vsibench_eval.model.families import patch_factor
 from vsibench_eval.model.generation import (
     StageTimer,
-    chat_text,
     decoding_config,
     generate_from_prefix,
     generate_plain,
@@ -44,9 +44,12 @@ from vsibench_eval.model.generation import (
 from vsibench_eval.model.hub import local_model_path
 from vsibench_eval.model.positions import compare_positions
 from vsibench_eval.model.prefix_cache import prefix_reuse_problem
+from vsibench_eval.model.served import ServerUnreachable, served_worker
 from vsibench_eval.run_dir.directory import setup_logging
 from vsibench_eval.run_dir.files import ShardFile, WriteError, atomic_write
+from vsibench_eval.run_dir.records import result_record
 from vsibench_eval.running.stopping import (
+    SERVER_UNREACHABLE,
     WRITE_FAILED,
     Interrupted,
     parent_gone,
@@ -57,12 +60,12 @@ from vsibench_eval.running.stopping import (
 from vsibench_eval.running.video_prep import (
     DecodedVideo,
     decoded_videos,
+    model_text,
     prepare_prefix,
     question_prompts,
     video_texts,
     video_threads,
 )
-from vsibench_eval.scoring import report
 from vsibench_eval.settings.config import EvalConfig
 
 
@@ -100,6 +103,9 @@ def evaluate_shard(
         except WriteError as error:
             log.error(f"worker {rank}: {error}; stopping, its finished batches are kept")
             sys.exit(WRITE_FAILED)
+        except ServerUnreachable as error:  # an outage is not a score: the questions left wait for a resume
+            log.error(f"worker {rank}: the server is unreachable ({error}); stopping, its finished batches are kept")
+            sys.exit(SERVER_UNREACHABLE)
         except BaseException:
             log.exception(f"worker {rank} (pid {os.getpid()}) failed")
             raise
@@ -114,18 +120,21 @@ class Worker:
 
     rank: int
     config: EvalConfig
-    model: object
-    processor: object
     template: dict | None  # the user's prompt template, for prompt_type custom
     log: logging.Logger
-    decoding: object  # the generation config in force (generation.decoding_config)
-    decoder: FastDecoder | None = None  # the static-cache decode loop, when config.decoder is fast and it applies
+    answerer: object  # (video, video error, texts, prepared) -> (a function answering a batch of texts, video error)
+    factor: int  # frames' sides are multiples of it (the model's patch size x merge size)
+    processor: object = None  # the model's processor; None for a served model (its server formats the chat)
+    model: object = None  # the model in this process, if any
     timer: StageTimer | None = None  # where the time goes
 
 
 def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path, log, compare_first: bool) -> None:
-    """Load the model (a Hub id from the snapshot the parent resolved), then answer the shard (answer_shard)."""
+    """Load the model (a Hub id from the snapshot the parent resolved), then answer the shard (answer_shard); or,
+    for a served model, answer it through its server (answer_served_shard)."""
     started = time.perf_counter()
+    if config.backend == "openai":
+        return answer_served_shard(rank, config, questions, done_ids, run_dir, log, started)
     transformers.utils.logging.disable_progress_bar()
     path = local_model_path(config.model_name, config.model_revision)
     model, processor, info = load_model(path, device, config.mrope_positions, config.trust_remote_code)
@@ -157,6 +166,8 @@ def answer_shard(rank, model, processor, info, config, questions, done_ids, run_
     if problem:  # the plain path gives the answers the shared prefix would, only slower
         log.warning(f"worker {rank}: shared prefix off for this model: {problem}; every question takes the plain path")
         config = replace(config, shared_prefix=False)
+    if config.shared_prefix and config.video_input == "images":
+        log.info(f"worker {rank}: video_input images: every question takes the plain path (a prefix holds a video)")
     template = load_prompt_template(config.prompt_template_file) if config.prompt_template_file else None
     decoding = decoding_config(model, processor, config.repetition_penalty, config.eos_tokens)
     info["generation"] = generation_settings(greedy(model, processor, config.max_new_tokens, decoding))
@@ -165,25 +176,56 @@ def answer_shard(rank, model, processor, info, config, questions, done_ids, run_
     try:
         decoder, info["decoder"] = choose_decoder(model, processor, config, decoding, timer)
         log.info(f"worker {rank}: decoder {info['decoder']}")
-        worker = Worker(rank, config, model, processor, template, log, decoding, decoder, timer)
+        settings = {"config": config, "decoding": decoding, "decoder": decoder, "timer": timer}
+        answerer = partial(video_answerer, model, processor, **settings)
+        factor = processor.video_processor.patch_size * processor.video_processor.merge_size
+        worker = Worker(rank, config, template, log, answerer, factor, processor, model, timer)
         video_seconds, waited = answer_videos(worker, questions, done_ids, run_dir, compare_first, device, len(todo))
     finally:
         timer.remove()  # a model lent by the caller keeps no hooks
     if decoder is not None and decoder.graph_failure:
         log.warning(f"worker {rank}: CUDA graphs turned off, decoding eagerly: {decoder.graph_failure}")
+    info |= {"device": device_name, "prefill_tokens": timer.prefill_tokens}
+    info |= {"decode_steps": timer.decode_steps, "decoded_tokens": timer.decoded_tokens}
+    seconds = {"video_decoding": video_seconds, **timer.seconds, "waiting_for_frames": waited}
+    write_report(rank, run_dir, log, todo, info, seconds, started)
+
+
+def answer_served_shard(rank, config, questions, done_ids, run_dir: Path, log, started) -> None:
+    """answer_shard for a model behind an OpenAI-compatible server (model/served.py): the same videos, prompts,
+    batches and records; the settings the server decides instead of the protocol are logged as deviations."""
+    todo = [q for q in questions if q["id"] not in done_ids]
+    answerer, info, deviations = served_worker(config)
+    log.info(f"worker {rank}: {len(todo)} of {len(questions)} questions to answer through {config.api_base}")
+    for line in deviations:
+        log.warning(f"worker {rank}: deviation: {line}")
+    template = load_prompt_template(config.prompt_template_file) if config.prompt_template_file else None
+    worker = Worker(rank, config, template, log, answerer, patch_factor(config.served_model_type))
+    video_seconds, waited = answer_videos(worker, questions, done_ids, run_dir, False, "cpu", len(todo))
+    info |= {"server_model": sorted(answerer.server_models)}
+    write_report(
+        rank, run_dir, log, todo, info, {"video_decoding": video_seconds, "waiting_for_frames": waited}, started
+    )
+
+
+def write_report(rank, run_dir: Path, log, todo: list[dict], info: dict, seconds: dict, started: float) -> None:
+    """The worker's report, shards/worker_{rank}.json (device, settings, where the time went), and its last log line."""
     elapsed = time.perf_counter() - started
-    seconds = {"video_decoding": video_seconds, **timer.seconds, "waiting_for_frames": waited, "total": elapsed}
+    seconds["total"] = elapsed
     videos = len({q["video_path"] for q in todo})
-    report = {"rank": rank, "device": device_name, "questions": len(todo), "videos": videos, **info}
+    report = {"rank": rank, "questions": len(todo), "videos": videos, **info}
     report |= {"seconds": {name: round(value, 3) for name, value in seconds.items()}}
-    report["prefill_tokens"] = timer.prefill_tokens
-    report["decode_steps"], report["decoded_tokens"] = timer.decode_steps, timer.decoded_tokens
     atomic_write(run_dir / "shards" / f"worker_{rank}.json", json.dumps(report))
     log.info(
         f"worker {rank}: done, {len(todo)} questions in {elapsed:.1f}s ({len(todo) / elapsed:.2f} questions/s); "
         + ", ".join(f"{name} {value:.1f}s" for name, value in seconds.items() if name != "total")
-        + f"; {timer.prefill_tokens} prefill tokens; {timer.decode_steps} decode steps carrying "
-        + f"{timer.decoded_tokens} rows ({timer.decoded_tokens / max(1, timer.decode_steps):.1f} per step)"
+        + (f"; {info['prefill_tokens']} prefill tokens" if "prefill_tokens" in info else "")
+        + (
+            f"; {info['decode_steps']} decode steps carrying {info['decoded_tokens']} rows "
+            f"({info['decoded_tokens'] / max(1, info['decode_steps']):.1f} per step)"
+            if "decode_steps" in info
+            else ""
+        )
     )
 
 
@@ -191,22 +233,15 @@ def answer_videos(worker: Worker, questions, done_ids, run_dir: Path, compare_fi
     """The per-video loop: decode (next videos in background threads) -> answers -> one shard append per batch.
     Returns the seconds spent decoding videos (in the background) and those the model waited for frames."""
     groups = {path: qs for path, qs in group_by_video(questions).items() if any(q["id"] not in done_ids for q in qs)}
-    video_processor = worker.processor.video_processor
-    factor = video_processor.patch_size * video_processor.merge_size
-    prepare = partial(
-        prepare_prefix,
-        worker.config,
-        worker.template,
-        worker.processor,
-        groups,
-        threading.local(),
-        device.startswith("cuda"),
-    )
+    prepare = None
+    if worker.model is not None:
+        local, pin = threading.local(), device.startswith("cuda")
+        prepare = partial(prepare_prefix, worker.config, worker.template, worker.processor, groups, local, pin)
     threads = video_threads(device, worker.config)
     worker.log.info(f"worker {worker.rank}: {threads} background threads prepare videos")
     video_seconds, waited, rank, answered, started = 0.0, 0.0, worker.rank, 0, time.perf_counter()
     with ShardFile(run_dir / "shards" / f"shard_{rank}.jsonl") as shard:  # the parent shows the run's progress
-        for decoded in decoded_videos(list(groups), worker.config, factor, prepare, threads):
+        for decoded in decoded_videos(list(groups), worker.config, worker.factor, prepare, threads):
             video_seconds += decoded.seconds
             waited += decoded.waited
             if decoded.waited >= WAIT_WORTH_LOGGING:
@@ -235,20 +270,10 @@ def answer_video(worker: Worker, questions, decoded: DecodedVideo, done_ids, com
     config, log, video, video_error = worker.config, worker.log, decoded.video, decoded.error
     if video_error:
         log.error(f"worker {worker.rank}: {video_error}; its {len(questions)} questions score 0")
-    prompts, texts, map_text = video_texts(worker.config, worker.template, worker.processor, questions)
+    images = len(video.frames) if video is not None and config.video_input == "images" else 0
+    prompts, texts, map_text = video_texts(worker.config, worker.template, worker.processor, questions, images)
     all_texts = [*texts.values(), *([map_text] if map_text else [])]
-    answer_texts, video_error = video_answerer(
-        worker.model,
-        worker.processor,
-        video,
-        video_error,
-        all_texts,
-        config,
-        worker.decoding,
-        worker.decoder,
-        decoded.prefix,
-        worker.timer,
-    )
+    answer_texts, video_error = worker.answerer(video, video_error, all_texts, prepared=decoded.prefix)
     if video_error and video is not None:
         log.error(f"worker {worker.rank}: {questions[0]['video_path']}: {video_error}")
     generate_map = None
@@ -257,24 +282,27 @@ def answer_video(worker: Worker, questions, decoded: DecodedVideo, done_ids, com
     cogmaps = cognitive_maps(config, questions, generate_map)
     if config.use_cognitive_map:  # each question's map goes between the pre-prompt and the question
         prompts = question_prompts(worker.config, worker.template, questions, cogmaps)
-        texts = {qid: chat_text(worker.processor, prompt, config.system_prompt) for qid, prompt in prompts.items()}
-    if compare_positions_first and not video_error:
+        texts = {qid: model_text(worker.processor, text, config.system_prompt, images) for qid, text in prompts.items()}
+    if compare_positions_first and not video_error and worker.model is not None:
         log_position_comparison(worker, video, questions[0]["id"], texts[questions[0]["id"]])
 
-    row_tokens = video_token_count(worker.processor, video) + config.max_new_tokens if video is not None else None
+    row_tokens = None
+    if video is not None and worker.processor is not None:
+        row_tokens = video_token_count(worker.processor, video, config.video_input) + config.max_new_tokens
     for rows in question_batches(len(questions), config.batch_size, config.batch_tokens, row_tokens):
         batch = questions[rows.start : rows.stop]
         if all(q["id"] in done_ids for q in batch):
             continue
         if video_error:
-            answers = [("", video_error)] * len(batch)
+            answers = [("", video_error, {})] * len(batch)
         else:
             answers = answer_batch_or_error(worker, answer_texts, batch, [texts[q["id"]] for q in batch])
         yield [
             result_record(
                 question, prompts[question["id"]], prediction, video, error, cogmaps[question["id"]], config.answer_span
             )
-            for question, (prediction, error) in zip(batch, answers, strict=True)
+            | provenance
+            for question, (prediction, error, provenance) in zip(batch, answers, strict=True)
             if question["id"] not in done_ids
         ]
 
@@ -292,20 +320,22 @@ def question_batches(count: int, batch_size: int, batch_tokens: int, row_tokens:
 
 def log_position_comparison(worker: Worker, video: VideoFrames, question_id: int, text: str) -> None:
     """Log whether transformers' own M-RoPE positions follow the published rule on this prompt."""
-    inputs = processor_inputs(worker.processor, video, [text], worker.config.position_fps)
+    inputs = processor_inputs(worker.processor, video, [text], worker.config.position_fps, worker.config.video_input)
     comparison = compare_positions(worker.model, inputs.to(worker.model.device))
     worker.log.info(f"positions on the run's first prompt (id {question_id}): {comparison}")
 
 
 def answer_batch_or_error(worker: Worker, answer_texts, batch: list[dict], texts: list[str]):
-    """(prediction, error) per question; a failure is recorded on each question of the batch and logged with
-    its traceback, and the run goes on."""
+    """(prediction, error, provenance) per question; a failure is recorded on each question of the batch and
+    logged with its traceback, and the run goes on (except when a server is unreachable: ServerUnreachable)."""
     try:
         return answer_batch(answer_texts, texts)
+    except ServerUnreachable:
+        raise
     except Exception as failure:
         error = f"generation failed: {type(failure).__name__}: {failure}"
         worker.log.exception(f"worker {worker.rank}: ids {[q['id'] for q in batch]}: {error}")
-        return [("", error)] * len(batch)
+        return [("", error, {})] * len(batch)
 
 
 def choose_decoder(model, processor, config: EvalConfig, decoding, timer) -> tuple[FastDecoder | None, str]:
@@ -319,18 +349,24 @@ def choose_decoder(model, processor, config: EvalConfig, decoding, timer) -> tup
     return FastDecoder(model, timer=timer), "fast"
 
 
-def answer_batch(generate_batch, prompts: list[str]) -> list[tuple[str, str | None]]:
-    """(prediction, error) per prompt. A batch that runs out of GPU memory is retried in halves, down to
-    single questions, before the error is recorded."""
+def answer_batch(generate_batch, prompts: list[str]) -> list[tuple[str, str | None, dict]]:
+    """(prediction, error, provenance) per prompt: `generate_batch` gives a prediction per prompt, or that triple
+    (a served model's). A batch that runs out of GPU memory is retried in halves, down to single questions, before
+    the error is recorded."""
     try:
-        return [(prediction, None) for prediction in generate_batch(prompts)]
+        return [as_answer(output) for output in generate_batch(prompts)]
     except torch.OutOfMemoryError as error:
         if len(prompts) == 1:
-            return [("", f"out of memory: {error}")]
+            return [("", f"out of memory: {error}", {})]
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         half = len(prompts) // 2
         return answer_batch(generate_batch, prompts[:half]) + answer_batch(generate_batch, prompts[half:])
+
+
+def as_answer(output) -> tuple[str, str | None, dict]:
+    """(prediction, error, provenance) of one output: a prediction text, or already that triple."""
+    return output if isinstance(output, tuple) else (output, None, {})
 
 
 def video_answerer(
@@ -354,6 +390,7 @@ def video_answerer(
         return None, video_error
     settings = {"max_new_tokens": config.max_new_tokens, "decoding": decoding, "decoder": decoder}
     plain = partial(generate_plain, model, processor, video, position_fps=config.position_fps)
+    plain = partial(plain, video_input=config.video_input)
     prefix_text = shared_prefix_text(texts) if config.shared_prefix else None
     if prefix_text is None:
         return partial(plain, **settings, timer=timer), None
@@ -375,7 +412,10 @@ def cognitive_maps(config: EvalConfig, questions: list[dict], generate_map) -> d
     if generate_map is not None:
         log = logging.getLogger("eval_qwen")
         try:
-            (output,), error = generate_map(), None
+            (output,) = generate_map()
+            output, error, _ = as_answer(output)
+        except ServerUnreachable:
+            raise
         except Exception as failure:  # e.g. out of memory: the questions go on without a map
             output, error = "", f"{type(failure).__name__}: {failure}"
         parsed = parse_cognitive_map(output)
@@ -385,35 +425,3 @@ def cognitive_maps(config: EvalConfig, questions: list[dict], generate_map) -> d
             scene = questions[0]["scene_name"]
             log.warning(f"{scene}: no readable cognitive map in the model's output ({error or output[:120]!r})")
     return {q["id"]: maps.get(q["id"], generated) for q in questions}
-
-
-def result_record(
-    question: dict,
-    prompt: str,
-    prediction: str,
-    video: VideoFrames | None,
-    error: str | None,
-    cogmap: tuple,
-    answer_span: str = "last",
-) -> dict:
-    """One line of the results: the question, what was sent, what came back, its score and provenance."""
-    record = {key: question[key] for key in ("id", "dataset", "scene_name", "question_type", "question")}
-    record |= {
-        "options": question["options"],
-        "ground_truth": question["ground_truth"],
-        "prompt": prompt,
-        "prediction": prediction,
-        "answer": extract_answer(prediction, answer_span),
-        "answer_span": answer_span,  # which <answer> span the official score reads (none, first or last)
-        "frame_indices": video.frame_indices if video else None,
-        "frame_timestamps": video.timestamps if video else None,
-        "video_duration": video.duration if video else None,
-        "frame_size": video.frame_size() if video else None,  # [H, W] in pixels, as given to the processor
-        "video_grid_thw": video.grid_thw if video else None,  # [t, h, w] in patches
-        "cogmap_source": cogmap[1],  # generated, offloaded or none
-        "cognitive_map": cogmap[0],
-        "error": error,
-    }
-    record["score"] = report.score_record(record, "official")  # the official rules
-    record["score_lenient"] = report.score_record(record, "lenient")
-    return record

@@ -92,6 +92,16 @@ class EvalConfig:
     decoder: Literal["hf", "fast"] = "fast"  # greedy decoding by transformers' generate or the static-cache loop
     batch_tokens: int = 131072  # most KV-cache tokens a batch holds: rows x (video tokens + max_new_tokens)
     progress_seconds: float = 30  # seconds between two progress lines when stderr is not a terminal (a log file)
+    video_input: Literal["video", "images"] | None = None  # the frames as one video, or one image per frame in order
+    backend: Literal["transformers", "openai"] = "transformers"  # who answers: transformers in this evaluator's
+    # processes, or the model behind an OpenAI-compatible server (docs/served.md); model_name: the id it serves
+    api_base: str | None = None  # backend openai: the server's /v1 URL, e.g. http://127.0.0.1:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"  # backend openai: the environment variable holding the key (never stored)
+    api_concurrency: int = 8  # backend openai: requests in flight at once (a local server batches them)
+    api_timeout: float = 300  # backend openai: seconds one request may take
+    api_retries: int = 5  # backend openai: retries of a request after a connection error, timeout, 429 or 5xx
+    served_model_type: Literal[QWEN_VL_MODEL_TYPES] | None = None  # backend openai: the served model's family (its
+    # protocol row, its frame sizes), needed when model_name is neither a local checkpoint nor a Hub id
 
 
 # The fields that name files or folders: config.json keeps them absolute, so that a run resumed from another
@@ -118,6 +128,12 @@ RESUME_OVERRIDABLE = {
     "reference",
     "progress_seconds",
     "retry_failed",
+    # where the server runs and how it is asked, never what it computes
+    "api_base",
+    "api_key_env",
+    "api_concurrency",
+    "api_timeout",
+    "api_retries",
 }
 
 
@@ -156,6 +172,7 @@ def check_config(config: EvalConfig) -> None:
         raise DataError("cogmap_file_path: needed when offload_cogmap is set")
     if len(config.target_resolution) != 2 or min(config.target_resolution) <= 0:
         raise DataError(f"target_resolution: expected two positive sizes (H W), got {config.target_resolution}")
+    check_backend(config)
     if not (math.isfinite(config.dist_timeout_minutes) and config.dist_timeout_minutes > 0):
         raise DataError(f"dist_timeout_minutes: expected a positive number, got {config.dist_timeout_minutes}")
     for name in (
@@ -166,9 +183,22 @@ def check_config(config: EvalConfig) -> None:
         "cogmap_max_new_tokens",
         "num_processes",
         "batch_tokens",
+        "api_concurrency",
     ):
         if getattr(config, name) < 1:
             raise DataError(f"{name}: must be at least 1, got {getattr(config, name)}")
+
+
+def check_backend(config: EvalConfig) -> None:
+    """The served backend's settings: a server to ask, and limits that can work."""
+    if config.backend != "openai":
+        return
+    if not config.api_base or not config.api_base.startswith(("http://", "https://")):
+        raise DataError(f"api_base: backend openai needs the server URL (http://HOST:PORT/v1), got {config.api_base!r}")
+    if not (math.isfinite(config.api_timeout) and config.api_timeout > 0):
+        raise DataError(f"api_timeout: expected a positive number of seconds, got {config.api_timeout}")
+    if config.api_retries < 0:
+        raise DataError(f"api_retries: must be 0 or more, got {config.api_retries}")
 
 
 def resume_config(run_dir: Path, given: set[str], overrides: EvalConfig) -> EvalConfig:

@@ -29,6 +29,7 @@ SCORE_SETTINGS = (
     "min_pixels",  # smart_resize: fewest pixels per frame (0: 128 x factor^2)
     "max_pixels",  # smart_resize: most pixels per frame (0: only the 768 x factor^2 and total_pixels caps)
     "total_pixels",  # smart_resize: pixel budget of the whole video (0: none)
+    "video_input",  # video | images: the frames as one video, or one image per frame
     "max_new_tokens",
     "repetition_penalty",  # a number, or "checkpoint": its generation_config.json value
     "eos_tokens",  # checkpoint (generation_config.json's eos ids) | tokenizer (its single eos token)
@@ -54,6 +55,7 @@ EVALUATOR_DEFAULTS = {
     "min_pixels": 0,
     "max_pixels": 0,
     "total_pixels": 0,
+    "video_input": "video",
     "max_new_tokens": 512,
     "repetition_penalty": "checkpoint",
     "eos_tokens": "checkpoint",
@@ -156,6 +158,7 @@ CHOICES = {
     "frame_count": ("exact", "even", "even_within_video"),
     "frame_index_rounding": ("floor", "round"),
     "resize": ("fit", "spatial_r1", "smart_resize"),
+    "video_input": ("video", "images"),
     "eos_tokens": ("checkpoint", "tokenizer"),
     "answer_span": ("none", "first", "last"),
     "mrope_positions": ("published", "transformers"),
