@@ -14,6 +14,7 @@ import pytest
 import eval_qwen
 from vsibench_eval.errors import DataError
 from vsibench_eval.inputs.cogmap import load_offloaded_maps
+from vsibench_eval.inputs.prompts import load_prompt_template
 from vsibench_eval.inputs.questions import load_questions
 from vsibench_eval.scoring import report
 from vsibench_eval.settings.config import EvalConfig
@@ -117,6 +118,52 @@ def test_video_filenames_leading_outside_video_dir_are_refused(tmp_path, video_f
     path.write_text(json.dumps(to_problem(NUMBER_ROW) | {"video_filename": video_filename}) + "\n")
     with pytest.raises(DataError, match=f"row id 6: column 'video_filename': '{video_filename}' leads outside"):
         load_questions(str(path), "/videos")
+
+
+LATIN1_JSON = '[{"problem_id": 1, "problem": "caf\xe9"}]'.encode("latin-1")
+
+
+@pytest.mark.parametrize(
+    "name, content, needle",
+    [
+        ("data.parquet", b"", "data.parquet: cannot read the table (ArrowInvalid: "),
+        ("data.parquet", b"PAR1 not a parquet file", "data.parquet: cannot read the table (ArrowInvalid: "),
+        ("data.json", LATIN1_JSON, "data.json: not UTF-8 text (byte 35)"),
+        ("data.json", b'[{"problem_id": 1}, 2]', "data.json: row 2: expected an object of columns, got int 2"),
+        ("data.jsonl", b'"a question"\n', "data.jsonl: row 1: expected an object of columns, got str 'a question'"),
+    ],
+    ids=["empty-parquet", "corrupt-parquet", "latin1-json", "row-not-object", "jsonl-row-not-object"],
+)
+def test_unreadable_data_files_name_the_file_and_row(tmp_path, name, content, needle):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataError) as refused:
+        load_questions(str(tmp_path / name), "/videos")
+    assert str(refused.value).startswith(f"{tmp_path / name}: ") and needle in str(refused.value)
+    with pytest.raises(DataError) as refused:  # the same file given as offloaded cognitive maps
+        load_offloaded_maps(str(tmp_path / name), "problem_id", "problem")
+    assert str(refused.value).startswith(f"{tmp_path / name}: ") and needle in str(refused.value)
+
+
+def test_a_template_that_is_not_utf8_is_refused(tmp_path):
+    template = tmp_path / "template.yaml"
+    template.write_bytes("pre_prompt: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=f"prompt_template_file: {template}: not UTF-8 text \\(byte 16\\)"):
+        load_prompt_template(str(template))
+
+
+@pytest.mark.e2e
+def test_a_question_type_stored_as_a_list_is_refused(demo_dirs, tmp_path, capsys):
+    row = NUMBER_ROW | {"question_type": ["object_counting"]}  # a parquet list column, read back as an array
+    demo = demo_dirs("qwen2_5_vl")
+    assert run_on_rows(demo, tmp_path, [row]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'data.parquet'}: row id 6: column 'question_type': expected one question type as text" in err
+    assert not (tmp_path / "runs").exists()
+    empty = tmp_path / "empty.parquet"
+    empty.write_bytes(b"")
+    argv = ["--parquet_file", str(empty), "--video_dir", str(demo / "vsibench"), "--model_name", str(demo / "model")]
+    assert eval_qwen.main(EvalConfig(output_dir_base=str(tmp_path / "runs")), argv) == 2
+    assert f"error: {empty}: cannot read the table" in capsys.readouterr().err
 
 
 @pytest.mark.e2e
