@@ -275,6 +275,16 @@ def test_scorer_refuses_bytes_that_are_not_utf8_and_duplicate_ids(tmp_path):
     assert done.returncode == 2 and done.stderr == f"error: {results}: record 3: id 1 already in record 1\n"
 
 
+def test_scorer_refuses_an_empty_file_and_an_id_written_twice_differently(tmp_path):
+    results = tmp_path / "results.jsonl"
+    results.write_text("")
+    done = scorer(str(results))
+    assert done.returncode == 2 and done.stderr == f"error: {results}: no records (an empty results file)\n"
+    results.write_text(json.dumps(RESULT | {"id": 0}) + "\n" + json.dumps(RESULT | {"id": "0"}) + "\n")
+    done = scorer(str(results), "--json")
+    assert done.returncode == 2 and done.stderr == f"error: {results}: record 2: id '0' already in record 1\n"
+
+
 @pytest.mark.parametrize(
     "name, needle",
     [
