@@ -2,6 +2,7 @@
 well-known alternative forms that must be read correctly."""
 
 import json
+import shlex
 import subprocess
 import sys
 from dataclasses import asdict
@@ -237,6 +238,13 @@ def test_run_dir_must_be_new_empty_or_a_run(demo_dirs, tmp_path, capsys):
     assert run_on_rows(demo, tmp_path, [NUMBER_ROW], "--run_dir", str(foreign)) == 2
     assert f"run_dir: {foreign} is not empty (shards) and holds no run (no config.json)" in capsys.readouterr().err
     assert sorted(p.name for p in foreign.iterdir()) == ["shards"]  # left as it was
+
+    held = tmp_path / "Bob's run"  # a printed resume command must paste into a shell as it is
+    held.mkdir()
+    (held / "config.json").write_text("{}")
+    assert run_on_rows(demo, tmp_path, [NUMBER_ROW], "--run_dir", str(held)) == 2
+    hint = capsys.readouterr().err.split("continue it with ")[1]
+    assert shlex.split(hint) == ["--resume", str(held)]
 
     blocked = tmp_path / "a-file"
     blocked.write_text("")

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import signal
 import sys
 from dataclasses import asdict
@@ -107,13 +108,18 @@ def check_new_run_dir(run_dir: Path) -> None:
     """A run_dir given for a new run must be empty: a run in it is resumed, and foreign files (shards of
     another run, without their config.json) must never be adopted."""
     if (run_dir / "config.json").exists():
-        raise DataError(f"run_dir: {run_dir} already holds a run; continue it with --resume {run_dir}")
+        raise DataError(f"run_dir: {run_dir} already holds a run; continue it with {resume_flag(run_dir)}")
     others = sorted(path.name for path in run_dir.iterdir() if path.name != LOCK_FILE)
     if others:
         raise DataError(
             f"run_dir: {run_dir} is not empty ({', '.join(others[:5])}) and holds no run (no config.json); "
             "give a new or empty directory"
         )
+
+
+def resume_flag(run_dir) -> str:
+    """`--resume RUN_DIR`, shell-quoted, so that a printed resume command can be pasted as it is."""
+    return f"--resume {shlex.quote(str(run_dir))}"
 
 
 class RunLogHandler(logging.FileHandler):

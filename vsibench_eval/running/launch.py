@@ -18,7 +18,14 @@ import torch
 
 from vsibench_eval.errors import DataError
 from vsibench_eval.inputs.questions import shard_by_video
-from vsibench_eval.run_dir.directory import answered_ids, finish_run, open_run_dir, shard_records, start_log
+from vsibench_eval.run_dir.directory import (
+    answered_ids,
+    finish_run,
+    open_run_dir,
+    resume_flag,
+    shard_records,
+    start_log,
+)
 from vsibench_eval.run_dir.files import WriteError
 from vsibench_eval.running.prepare import prepare, select_questions
 from vsibench_eval.running.progress import RunProgress
@@ -52,7 +59,7 @@ def run_single(
         model_type = loaded[0].config.model_type
     config, questions, selection, model_type = prepare(config, given, selected, model_type)
     run_dir, lock = open_run_dir(config, folder, loaded is not None)  # this process owns it until it returns
-    resume = f"python eval_qwen.py --resume {run_dir}"
+    resume = f"python eval_qwen.py {resume_flag(run_dir)}"
     # A stop signal before or after the workers' run stops it the same way; a caller's own process keeps its handlers.
     stops = stop_signals_interrupt() if loaded is None else contextlib.nullcontext()
     with lock, stops:
@@ -211,7 +218,9 @@ def main_torchrun(config: EvalConfig, given: set[str]) -> int:
         with stop_signals_interrupt():
             return torchrun_rank(config, given, dist, gloo, timeout, held)
     except Interrupted as stop:
-        resume = f"; resume with the same torchrun command and --resume {held['run_dir']}" if "run_dir" in held else ""
+        resume = (
+            f"; resume with the same torchrun command and {resume_flag(held['run_dir'])}" if "run_dir" in held else ""
+        )
         logging.getLogger("eval_qwen").error(
             f"rank {rank}: interrupted by {stop.signal_name}; finished batches are kept{resume}"
         )
@@ -235,7 +244,7 @@ def torchrun_rank(config: EvalConfig, given: set[str], dist, gloo, timeout, held
             done_ids = answered_ids(
                 run_dir, questions, log, config.retry_failed
             )  # also cuts torn lines before anyone appends
-            log.info(f"torchrun: {world_size} ranks; if the job stops, relaunch it with --resume {run_dir}")
+            log.info(f"torchrun: {world_size} ranks; if the job stops, relaunch it with {resume_flag(run_dir)}")
             decided = [0, config, str(run_dir), model_type]
         except (DataError, WriteError) as error:
             print(f"error: {error}", file=sys.stderr)
@@ -272,6 +281,6 @@ def torchrun_rank(config: EvalConfig, given: set[str], dist, gloo, timeout, held
         failures = {"?": "did not reach the final barrier"}
     if rank != 0:
         return 0
-    resume = f"the same torchrun command with --resume {run_dir}"
+    resume = f"the same torchrun command with {resume_flag(run_dir)}"
     elapsed = time.perf_counter() - started
     return finish_run(config, run_dir, questions, done_ids, failures, elapsed, log, resume)
