@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import read_results, run_eval, settled_config
+from helpers import SMALL, read_results, run_eval, settled_config
 
 import eval_qwen
 from vsibench_eval.run_dir.directory import finish_run, make_run_dir
@@ -29,8 +29,6 @@ from vsibench_eval.running.worker import answer_batch
 from vsibench_eval.settings.config import EvalConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-# A small demo run (12 questions, several batches per worker) keeps each fault test to one short run.
-SMALL = ("--debug_mode", "true", "--debug_size", "12", "--batch_size", "2")
 
 
 class PausedRun:

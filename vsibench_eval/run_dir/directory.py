@@ -249,6 +249,7 @@ def shard_records(run_dir: Path, questions: list[dict], log: logging.Logger) -> 
                 raise DataError(f"{path}: line {number}: not a result record (no id)")
             if record["id"] in question_of:
                 check_record(path, number, record, question_of[record["id"]])
+                check_answer_fields(path, number, record)
                 by_id[record["id"]] = record
     return by_id
 
@@ -265,9 +266,30 @@ def check_record(path: Path, number: int, record: dict, question: dict) -> None:
             )
 
 
+def check_answer_fields(path: Path, number: int, record: dict) -> None:
+    """A stored record holds what merging and scoring read: `prediction` as text, `error` as text or null."""
+    for field, kinds, expected in (("prediction", str, "text"), ("error", str | None, "text or null")):
+        if field not in record:
+            raise DataError(f"{path}: line {number}: id {record['id']}: field {field}: missing")
+        if not isinstance(record[field], kinds):
+            value = record[field]
+            raise DataError(
+                f"{path}: line {number}: id {record['id']}: field {field}: expected {expected}, "
+                f"got {type(value).__name__} {value!r}"
+            )
+
+
 def answered_ids(run_dir: Path, questions: list[dict], log: logging.Logger, retry_failed: bool = False) -> set[int]:
     """Ids of the questions that already have a record (after cutting torn last lines off the shards). With
-    `retry_failed`, the records of failed questions are first taken out of the shards, to be answered again."""
+    `retry_failed`, the records of failed questions are first taken out of the shards, to be answered again. A
+    shards/ folder that was deleted is made again (the answers it held are gone: they are answered again)."""
+    shards = run_dir / "shards"
+    if not shards.is_dir():
+        log.warning(f"{shards}: missing; made again, and every question without a record is answered")
+        try:
+            shards.mkdir()
+        except OSError as error:
+            raise WriteError(shards, error) from None
     if retry_failed:
         drop_failed_records(run_dir, log)
     done = set(shard_records(run_dir, questions, log))
