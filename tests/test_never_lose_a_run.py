@@ -385,6 +385,23 @@ def test_out_of_memory_batches_are_split_down_to_single_questions():
     assert [p for p, _ in answers] == ["", "", ""] and all("out of memory" in e for _, e in answers)
 
 
+def test_a_batch_that_fails_otherwise_is_retried_one_question_at_a_time(caplog):
+    calls = []
+
+    def fails_on_a_huge_question(prompts):
+        calls.append(len(prompts))
+        if "huge" in prompts:
+            raise ValueError("the prompt is longer than the model's context")
+        return [p.upper() for p in prompts]
+
+    answers = answer_batch(fails_on_a_huge_question, ["a", "huge", "c", "d"])
+    error = "generation failed: ValueError: the prompt is longer than the model's context"
+    assert answers == [("A", None), ("", error), ("C", None), ("D", None)]  # its neighbours keep their answers
+    assert calls == [4, 1, 1, 1, 1]
+    assert "a batch of 4: " + error + "; answering its questions one at a time" in caplog.text
+    assert "Traceback" in caplog.text
+
+
 GOOD_ROW = {
     "id": 5,
     "dataset": "scannet",

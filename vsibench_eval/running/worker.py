@@ -298,14 +298,13 @@ def log_position_comparison(worker: Worker, video: VideoFrames, question_id: int
 
 
 def answer_batch_or_error(worker: Worker, answer_texts, batch: list[dict], texts: list[str]):
-    """(prediction, error) per question; a failure is recorded on each question of the batch and logged with
-    its traceback, and the run goes on."""
-    try:
-        return answer_batch(answer_texts, texts)
-    except Exception as failure:
-        error = f"generation failed: {type(failure).__name__}: {failure}"
-        worker.log.exception(f"worker {worker.rank}: ids {[q['id'] for q in batch]}: {error}")
-        return [("", error)] * len(batch)
+    """(prediction, error) per question (answer_batch); each question that failed is logged by id, and the run
+    goes on."""
+    answers = answer_batch(answer_texts, texts)
+    for question, (_, error) in zip(batch, answers, strict=True):
+        if error:
+            worker.log.error(f"worker {worker.rank}: id {question['id']}: {error}")
+    return answers
 
 
 def choose_decoder(model, processor, config: EvalConfig, decoding, timer) -> tuple[FastDecoder | None, str]:
@@ -321,7 +320,9 @@ def choose_decoder(model, processor, config: EvalConfig, decoding, timer) -> tup
 
 def answer_batch(generate_batch, prompts: list[str]) -> list[tuple[str, str | None]]:
     """(prediction, error) per prompt. A batch that runs out of GPU memory is retried in halves, down to
-    single questions, before the error is recorded."""
+    single questions, before the error is recorded. A batch that fails for any other reason (e.g. one question
+    too long for the model) is retried one question at a time, so that only the questions that fail get the
+    error; each such failure is logged with its traceback."""
     try:
         return [(prediction, None) for prediction in generate_batch(prompts)]
     except torch.OutOfMemoryError as error:
@@ -331,6 +332,13 @@ def answer_batch(generate_batch, prompts: list[str]) -> list[tuple[str, str | No
             torch.cuda.empty_cache()
         half = len(prompts) // 2
         return answer_batch(generate_batch, prompts[:half]) + answer_batch(generate_batch, prompts[half:])
+    except Exception as failure:
+        error = f"generation failed: {type(failure).__name__}: {failure}"
+        retry = "; answering its questions one at a time" if len(prompts) > 1 else ""
+        logging.getLogger("eval_qwen").warning(f"a batch of {len(prompts)}: {error}{retry}", exc_info=True)
+        if len(prompts) == 1:
+            return [("", error)]
+        return [answer for prompt in prompts for answer in answer_batch(generate_batch, [prompt])]
 
 
 def video_answerer(
