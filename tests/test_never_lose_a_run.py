@@ -197,7 +197,7 @@ sys.exit(0)
 """
 
 
-@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1"])
 def test_each_stop_signal_exits_with_the_conventional_status(name):
     script = STOP_SIGNAL_SCRIPT.replace("{name}", name)
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)

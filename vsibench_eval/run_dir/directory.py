@@ -62,7 +62,7 @@ def open_run_dir(config: EvalConfig, folder: str | None = None, model_in_memory:
         lock = lock_run_dir(run_dir)
         try:
             check_resumed_inputs(run_dir, config, model_in_memory)
-        except DataError:
+        except BaseException:  # a DataError, or a stop signal while the checkpoint is hashed
             lock.release()
             raise
         return run_dir, lock
@@ -84,13 +84,13 @@ def open_run_dir(config: EvalConfig, folder: str | None = None, model_in_memory:
         made.append(run_dir / "shards")
         atomic_write(run_dir / "config.json", json.dumps(asdict(config) | {"inputs": inputs}, indent=2) + "\n")
         return run_dir, lock
-    except (OSError, WriteError, DataError) as error:
+    except BaseException as error:  # a stop signal too: nothing half-made is left behind
         for path in reversed(made):
             with contextlib.suppress(OSError):
                 path.rmdir() if path.is_dir() else path.unlink()
         if lock:
             lock.release()
-        if isinstance(error, DataError):
+        if not isinstance(error, OSError | WriteError):
             raise
         where = config.run_dir or Path(config.output_dir_base) / os.path.basename(config.model_name.rstrip("/"))
         cause = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
