@@ -16,7 +16,7 @@ import eval_qwen
 from vsibench_eval.errors import DataError
 from vsibench_eval.inputs.cogmap import load_offloaded_maps
 from vsibench_eval.inputs.prompts import load_prompt_template
-from vsibench_eval.inputs.questions import load_questions
+from vsibench_eval.inputs.questions import load_questions, read_ids
 from vsibench_eval.scoring import report
 from vsibench_eval.settings.config import EvalConfig
 
@@ -143,6 +143,13 @@ def test_unreadable_data_files_name_the_file_and_row(tmp_path, name, content, ne
     with pytest.raises(DataError) as refused:  # the same file given as offloaded cognitive maps
         load_offloaded_maps(str(tmp_path / name), "problem_id", "problem")
     assert str(refused.value).startswith(f"{tmp_path / name}: ") and needle in str(refused.value)
+
+
+def test_an_ids_file_that_is_not_utf8_is_refused(tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_bytes(b"1\n2\xff\n")
+    with pytest.raises(DataError, match=f"^{ids}: not UTF-8 text \\(byte 4\\)$"):
+        read_ids(str(ids))
 
 
 def test_a_template_that_is_not_utf8_is_refused(tmp_path):

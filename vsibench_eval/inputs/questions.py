@@ -236,7 +236,11 @@ def read_ids(path: str) -> set[int]:
     if Path(path).suffix.lower() == ".txt":
         if not Path(path).is_file():
             raise DataError(f"{path}: file not found")
-        values = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+        try:
+            text = Path(path).read_bytes().decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DataError(f"{path}: not UTF-8 text (byte {error.start + 1})") from None
+        values = [line.strip() for line in text.splitlines() if line.strip()]
     else:
         values = [row["id"] if isinstance(row, dict) else row for row in read_records(path)]
     try:
