@@ -285,7 +285,7 @@ def answered_ids(run_dir: Path, questions: list[dict], log: logging.Logger, retr
     shards/ folder that was deleted is made again (the answers it held are gone: they are answered again)."""
     shards = run_dir / "shards"
     if not shards.is_dir():
-        log.warning(f"{shards}: missing; made again, and every question without a record is answered")
+        log.warning(f"{shards}: missing; made again (the answers it held are gone: their questions are answered again)")
         try:
             shards.mkdir()
         except OSError as error:

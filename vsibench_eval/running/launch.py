@@ -44,10 +44,8 @@ def run_command(config: EvalConfig, given: set[str], **options) -> tuple[int, Pa
         print(f"error: {error}", file=sys.stderr)
         return 2, None
     except Interrupted as stop:
-        after = f"Resume with:\n  python eval_qwen.py {resume_flag(config.resume)}" if config.resume else ""
-        print(
-            f"interrupted by {stop.signal_name} while starting; nothing was written. {after}".rstrip(), file=sys.stderr
-        )
+        hint = f" Resume with:\n  python eval_qwen.py {resume_flag(config.resume)}" if config.resume else ""
+        print(f"interrupted by {stop.signal_name} while starting; nothing was written.{hint}", file=sys.stderr)
         return stop.status, None
 
 
