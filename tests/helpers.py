@@ -12,6 +12,9 @@ from vsibench_eval.model.generation import chat_text
 from vsibench_eval.settings.config import EvalConfig
 from vsibench_eval.settings.protocols import apply_protocol
 
+# A small demo run (12 questions, several batches per worker) keeps each fault test to one short run.
+SMALL = ("--debug_mode", "true", "--debug_size", "12", "--batch_size", "2")
+
 
 def settled_config(**fields) -> EvalConfig:
     """An EvalConfig as a run uses it: protocol none applied for a Qwen2.5-VL model, so every setting is set."""

@@ -1,5 +1,8 @@
 """Frame sampling, resizing and decoding of real mp4 files with decord."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -85,6 +88,15 @@ def test_missing_and_empty_videos_name_the_file(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(VideoError, match="empty.mp4: video file is empty"):
         load_video(str(empty), 8, 1.0, (448, 448), 28)
+
+
+def test_a_fifo_directory_or_device_is_not_a_regular_file(tmp_path):
+    fifo, folder = tmp_path / "fifo.mp4", tmp_path / "folder.mp4"
+    os.mkfifo(fifo)  # decord would wait on it forever
+    folder.mkdir()
+    for path in (fifo, folder, Path("/dev/null")):
+        with pytest.raises(VideoError, match=f"^{path}: not a regular file$"):
+            load_video(str(path), 8, 1.0, (448, 448), 28)
 
 
 def test_undecodable_video_names_the_file(tmp_path):

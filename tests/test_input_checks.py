@@ -2,6 +2,7 @@
 well-known alternative forms that must be read correctly."""
 
 import json
+import shlex
 import subprocess
 import sys
 from dataclasses import asdict
@@ -14,7 +15,8 @@ import pytest
 import eval_qwen
 from vsibench_eval.errors import DataError
 from vsibench_eval.inputs.cogmap import load_offloaded_maps
-from vsibench_eval.inputs.questions import load_questions
+from vsibench_eval.inputs.prompts import load_prompt_template
+from vsibench_eval.inputs.questions import load_questions, read_ids
 from vsibench_eval.scoring import report
 from vsibench_eval.settings.config import EvalConfig
 
@@ -119,6 +121,59 @@ def test_video_filenames_leading_outside_video_dir_are_refused(tmp_path, video_f
         load_questions(str(path), "/videos")
 
 
+LATIN1_JSON = '[{"problem_id": 1, "problem": "caf\xe9"}]'.encode("latin-1")
+
+
+@pytest.mark.parametrize(
+    "name, content, needle",
+    [
+        ("data.parquet", b"", "data.parquet: cannot read the table (ArrowInvalid: "),
+        ("data.parquet", b"PAR1 not a parquet file", "data.parquet: cannot read the table (ArrowInvalid: "),
+        ("data.json", LATIN1_JSON, "data.json: not UTF-8 text (byte 35)"),
+        ("data.json", b'[{"problem_id": 1}, 2]', "data.json: row 2: expected an object of columns, got int 2"),
+        ("data.jsonl", b'"a question"\n', "data.jsonl: row 1: expected an object of columns, got str 'a question'"),
+    ],
+    ids=["empty-parquet", "corrupt-parquet", "latin1-json", "row-not-object", "jsonl-row-not-object"],
+)
+def test_unreadable_data_files_name_the_file_and_row(tmp_path, name, content, needle):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataError) as refused:
+        load_questions(str(tmp_path / name), "/videos")
+    assert str(refused.value).startswith(f"{tmp_path / name}: ") and needle in str(refused.value)
+    with pytest.raises(DataError) as refused:  # the same file given as offloaded cognitive maps
+        load_offloaded_maps(str(tmp_path / name), "problem_id", "problem")
+    assert str(refused.value).startswith(f"{tmp_path / name}: ") and needle in str(refused.value)
+
+
+def test_an_ids_file_that_is_not_utf8_is_refused(tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_bytes(b"1\n2\xff\n")
+    with pytest.raises(DataError, match=f"^{ids}: not UTF-8 text \\(byte 4\\)$"):
+        read_ids(str(ids))
+
+
+def test_a_template_that_is_not_utf8_is_refused(tmp_path):
+    template = tmp_path / "template.yaml"
+    template.write_bytes("pre_prompt: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=f"prompt_template_file: {template}: not UTF-8 text \\(byte 16\\)"):
+        load_prompt_template(str(template))
+
+
+@pytest.mark.e2e
+def test_a_question_type_stored_as_a_list_is_refused(demo_dirs, tmp_path, capsys):
+    row = NUMBER_ROW | {"question_type": ["object_counting"]}  # a parquet list column, read back as an array
+    demo = demo_dirs("qwen2_5_vl")
+    assert run_on_rows(demo, tmp_path, [row]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'data.parquet'}: row id 6: column 'question_type': expected one question type as text" in err
+    assert not (tmp_path / "runs").exists()
+    empty = tmp_path / "empty.parquet"
+    empty.write_bytes(b"")
+    argv = ["--parquet_file", str(empty), "--video_dir", str(demo / "vsibench"), "--model_name", str(demo / "model")]
+    assert eval_qwen.main(EvalConfig(output_dir_base=str(tmp_path / "runs")), argv) == 2
+    assert f"error: {empty}: cannot read the table" in capsys.readouterr().err
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize(
     "flags, needle",
@@ -191,6 +246,13 @@ def test_run_dir_must_be_new_empty_or_a_run(demo_dirs, tmp_path, capsys):
     assert f"run_dir: {foreign} is not empty (shards) and holds no run (no config.json)" in capsys.readouterr().err
     assert sorted(p.name for p in foreign.iterdir()) == ["shards"]  # left as it was
 
+    held = tmp_path / "Bob's run"  # a printed resume command must paste into a shell as it is
+    held.mkdir()
+    (held / "config.json").write_text("{}")
+    assert run_on_rows(demo, tmp_path, [NUMBER_ROW], "--run_dir", str(held)) == 2
+    hint = capsys.readouterr().err.split("continue it with ")[1]
+    assert shlex.split(hint) == ["--resume", str(held)]
+
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     assert run_on_rows(demo, tmp_path, [NUMBER_ROW], "--output_dir_base", str(blocked)) == 2
@@ -226,6 +288,16 @@ def test_scorer_refuses_bytes_that_are_not_utf8_and_duplicate_ids(tmp_path):
     results.write_text("".join(json.dumps(RESULT | {"id": i}) + "\n" for i in (1, 2, 1)))
     done = scorer(str(results), "--json")
     assert done.returncode == 2 and done.stderr == f"error: {results}: record 3: id 1 already in record 1\n"
+
+
+def test_scorer_refuses_an_empty_file_and_an_id_written_twice_differently(tmp_path):
+    results = tmp_path / "results.jsonl"
+    results.write_text("")
+    done = scorer(str(results))
+    assert done.returncode == 2 and done.stderr == f"error: {results}: no records (an empty results file)\n"
+    results.write_text(json.dumps(RESULT | {"id": 0}) + "\n" + json.dumps(RESULT | {"id": "0"}) + "\n")
+    done = scorer(str(results), "--json")
+    assert done.returncode == 2 and done.stderr == f"error: {results}: record 2: id '0' already in record 1\n"
 
 
 @pytest.mark.parametrize(

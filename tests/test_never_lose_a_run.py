@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import read_results, run_eval, settled_config
+from helpers import SMALL, read_results, run_eval, settled_config
 
 import eval_qwen
 from vsibench_eval.run_dir.directory import finish_run, make_run_dir
@@ -29,8 +29,6 @@ from vsibench_eval.running.worker import answer_batch
 from vsibench_eval.settings.config import EvalConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-# A small demo run (12 questions, several batches per worker) keeps each fault test to one short run.
-SMALL = ("--debug_mode", "true", "--debug_size", "12", "--batch_size", "2")
 
 
 class PausedRun:
@@ -199,7 +197,7 @@ sys.exit(0)
 """
 
 
-@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1"])
 def test_each_stop_signal_exits_with_the_conventional_status(name):
     script = STOP_SIGNAL_SCRIPT.replace("{name}", name)
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -385,6 +383,23 @@ def test_out_of_memory_batches_are_split_down_to_single_questions():
 
     answers = answer_batch(never_fits, ["a", "b", "c"])
     assert [p for p, _, _ in answers] == ["", "", ""] and all("out of memory" in e for _, e, _ in answers)
+
+
+def test_a_batch_that_fails_otherwise_is_retried_one_question_at_a_time(caplog):
+    calls = []
+
+    def fails_on_a_huge_question(prompts):
+        calls.append(len(prompts))
+        if "huge" in prompts:
+            raise ValueError("the prompt is longer than the model's context")
+        return [p.upper() for p in prompts]
+
+    answers = answer_batch(fails_on_a_huge_question, ["a", "huge", "c", "d"])
+    error = "generation failed: ValueError: the prompt is longer than the model's context"
+    assert answers == [("A", None, {}), ("", error, {}), ("C", None, {}), ("D", None, {})]  # its neighbours keep theirs
+    assert calls == [4, 1, 1, 1, 1]
+    assert "a batch of 4: " + error + "; answering its questions one at a time" in caplog.text
+    assert "Traceback" in caplog.text
 
 
 GOOD_ROW = {

@@ -4,6 +4,7 @@ run's config.json, the plots (B - A with paired intervals; per-task bars), the l
 import csv
 import io
 import json
+import re
 import sys
 
 import pandas as pd
@@ -101,6 +102,16 @@ def test_csv_holds_the_same_numbers():
     assert table[0][:4] == ["Model", "Avg.", "Obj. Count", "Abs. Dist."] and table[0][-2:] == ["questions", "parser"]
     assert table[1] == ["base", "45.00", "40.00", "", "", "", "", "", "", "", "12", "official"]
     assert table[2][:6] == ["rl", "55.13", "60.00", "", "", "12.50"]
+
+
+def test_names_cannot_break_a_markdown_row_or_become_a_spreadsheet_formula():
+    names = ["a|b\nc", '=HYPERLINK("x")', "-1.5", "+cmd", "@SUM(A1)", "-run"]
+    rows = [(name, result(50.0, {"object_counting": 50.0})) for name in names]
+    markdown = format_markdown(rows).splitlines()
+    assert markdown[2].startswith("| a\\|b c ") and len({len(line) for line in markdown[:8]}) == 1
+    assert [len(re.findall(r"(?<!\\)\|", line)) for line in markdown[:8]] == [11] * 8  # 10 cells a row, none split
+    table = list(csv.reader(io.StringIO(format_csv(rows))))
+    assert [row[0] for row in table[1:]] == ["a|b\nc", '\'=HYPERLINK("x")', "-1.5", "'+cmd", "'@SUM(A1)", "'-run"]
 
 
 def test_labels_use_as_much_of_the_checkpoint_path_as_tells_runs_apart():

@@ -12,6 +12,7 @@ import sys
 from vsibench_eval.errors import DataError
 from vsibench_eval.model.families import QWEN_VL_MODEL_TYPES
 from vsibench_eval.running.spawning import main_script_problem
+from vsibench_eval.running.stopping import Interrupted, stop_signals_interrupt
 from vsibench_eval.settings.config import EvalConfig, config_from_keywords, parse_config
 
 
@@ -27,6 +28,16 @@ class RunFailed(RuntimeError):
 
 def main(defaults: EvalConfig, argv: list[str] | None = None) -> int:
     config, given = parse_config(defaults, sys.argv[1:] if argv is None else argv)
+    with stop_signals_interrupt():  # a stop signal while starting (loading torch, finding checkpoints) ends it cleanly
+        try:
+            return run_command_line(config, given)
+        except Interrupted as stop:  # one after a run directory is made is handled by the run (running/launch.py)
+            print(f"interrupted by {stop.signal_name} while starting; nothing was written", file=sys.stderr)
+            return stop.status
+
+
+def run_command_line(config: EvalConfig, given: set[str]) -> int:
+    """main's work: one run, a sweep, or a torchrun rank."""
     # torch and transformers load only now, so that --help and a bad flag answer at once
     from vsibench_eval.running.launch import main_torchrun, run_command, torchrun_ranks
     from vsibench_eval.running.sweep import is_sweep, model_names, run_sweep

@@ -13,7 +13,7 @@ import math
 import json_repair
 
 from vsibench_eval.errors import DataError
-from vsibench_eval.inputs.questions import read_records
+from vsibench_eval.inputs.questions import read_objects
 
 COGMAP_PROMPT = """[Task]
 These frames show an indoor scene. Identify the objects in the scene, understand how they are arranged, \
@@ -112,7 +112,7 @@ def key_text(value) -> str:
 def load_offloaded_maps(path: str, id_key: str, cog_key: str) -> dict[str, str]:
     """Map text by key (a question id or a scene name) from a json, jsonl, csv or parquet file."""
     maps = {}
-    for number, row in enumerate(read_records(path), 1):
+    for number, row in enumerate(read_objects(path), 1):
         for column in (id_key, cog_key):
             if column not in row:
                 raise DataError(f"{path}: row {number}: column '{column}': missing (cogmap_id_key/cogmap_cog_key)")

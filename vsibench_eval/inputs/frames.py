@@ -169,8 +169,10 @@ def load_video(
     path: str, num_frames: int, fps: float, target: tuple[int, int], factor: int, rules: FrameRules = FrameRules()
 ) -> VideoFrames:
     """Decode, sample and resize one video's frames. Raises VideoError naming the file on any failure."""
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise VideoError(f"{path}: video file not found")
+    if not os.path.isfile(path):  # a directory, FIFO or device: decord would block on a FIFO or fail obscurely
+        raise VideoError(f"{path}: not a regular file")
     if os.path.getsize(path) == 0:
         raise VideoError(f"{path}: video file is empty")
     from decord import VideoReader, cpu  # imported here so that scoring and data code work without decord

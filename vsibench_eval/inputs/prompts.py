@@ -41,7 +41,10 @@ def load_prompt_template(path: str) -> dict:
     """A user prompt template: a JSON or YAML mapping with pre_prompt, mca_post_prompt and na_post_prompt."""
     if not Path(path).is_file():
         raise DataError(f"prompt_template_file: {path}: file not found")
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"prompt_template_file: {path}: not UTF-8 text (byte {error.start + 1})") from None
     try:
         if Path(path).suffix.lower() in (".yaml", ".yml"):
             import yaml

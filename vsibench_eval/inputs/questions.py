@@ -26,21 +26,40 @@ def read_records(path: str) -> list[dict]:
     if not Path(path).is_file():
         raise DataError(f"{path}: file not found")
     if suffix in (".parquet", ".csv"):
-        import pandas as pd  # loaded when a table is read, not by every command (--help answers at once)
-
-        return (pd.read_parquet if suffix == ".parquet" else pd.read_csv)(path).to_dict("records")
+        return read_table(path).to_dict("records")
     if suffix == ".jsonl":
         return read_jsonl(path)
     if suffix == ".json":
+        data = Path(path).read_bytes()
         try:
-            with open(path, encoding="utf-8") as handle:
-                rows = json.load(handle)
+            rows = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise DataError(f"{path}: not UTF-8 text (byte {error.start + 1})") from None
         except json.JSONDecodeError as error:
             raise DataError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
         if not isinstance(rows, list):
             raise DataError(f"{path}: expected a JSON list of records")
         return rows
     raise DataError(f"{path}: unsupported file type {suffix!r}; use .json, .jsonl, .csv or .parquet")
+
+
+def read_table(path: str):
+    """A .parquet or .csv file as a pandas DataFrame; DataError when it is empty, corrupt or not UTF-8."""
+    import pandas as pd  # loaded when a table is read, not by every command (--help answers at once)
+
+    try:
+        return pd.read_parquet(path) if Path(path).suffix.lower() == ".parquet" else pd.read_csv(path)
+    except (ValueError, OSError) as error:  # pyarrow's ArrowInvalid and pandas' parser errors are ValueErrors
+        raise DataError(f"{path}: cannot read the table ({type(error).__name__}: {error})") from None
+
+
+def read_objects(path: str) -> list[dict]:
+    """read_records' rows, each checked to be an object (a mapping of column to value)."""
+    rows = read_records(path)
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: row {number}: expected an object of columns, got {type(row).__name__} {row!r}")
+    return rows
 
 
 def load_questions(data_file: str, video_dir: str) -> list[dict]:
@@ -55,15 +74,13 @@ def load_questions(data_file: str, video_dir: str) -> list[dict]:
     if not Path(data_file).is_file():
         raise DataError(f"{data_file}: data file not found")
     if suffix == ".parquet":
-        import pandas as pd
-
-        frame = pd.read_parquet(data_file)
+        frame = read_table(data_file)
         missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
         if missing:
             raise DataError(f"{data_file}: missing column(s) {', '.join(missing)}")
         rows = frame.to_dict("records")
     else:
-        rows = read_records(data_file)
+        rows = read_objects(data_file)
     questions, seen = [], set()
     for index, row in enumerate(rows):
         if suffix == ".parquet":
@@ -137,6 +154,9 @@ def question_record(row: dict, data_file: str) -> dict:
     except (TypeError, ValueError):
         raise fail("id", f"not an integer: {row_id!r}") from None
     qtype = row["question_type"]
+    if not isinstance(qtype, str):  # e.g. a parquet list: `in` on an array compares element-wise and passes
+        shown = list(qtype) if isinstance(qtype, np.ndarray) else qtype
+        raise fail("question_type", f"expected one question type as text, got {type(qtype).__name__} {shown!r}")
     if qtype not in MCA_QUESTION_TYPES + NA_QUESTION_TYPES:
         raise fail("question_type", f"unknown question type {qtype!r}")
     for column in ("dataset", "scene_name", "question"):
@@ -216,7 +236,11 @@ def read_ids(path: str) -> set[int]:
     if Path(path).suffix.lower() == ".txt":
         if not Path(path).is_file():
             raise DataError(f"{path}: file not found")
-        values = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+        try:
+            text = Path(path).read_bytes().decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DataError(f"{path}: not UTF-8 text (byte {error.start + 1})") from None
+        values = [line.strip() for line in text.splitlines() if line.strip()]
     else:
         values = [row["id"] if isinstance(row, dict) else row for row in read_records(path)]
     try:

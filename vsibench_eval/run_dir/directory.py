@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import signal
 import sys
 from dataclasses import asdict
@@ -61,7 +62,7 @@ def open_run_dir(config: EvalConfig, folder: str | None = None, model_in_memory:
         lock = lock_run_dir(run_dir)
         try:
             check_resumed_inputs(run_dir, config, model_in_memory)
-        except DataError:
+        except BaseException:  # a DataError, or a stop signal while the checkpoint is hashed
             lock.release()
             raise
         return run_dir, lock
@@ -83,13 +84,13 @@ def open_run_dir(config: EvalConfig, folder: str | None = None, model_in_memory:
         made.append(run_dir / "shards")
         atomic_write(run_dir / "config.json", json.dumps(asdict(config) | {"inputs": inputs}, indent=2) + "\n")
         return run_dir, lock
-    except (OSError, WriteError, DataError) as error:
+    except BaseException as error:  # a stop signal too: nothing half-made is left behind
         for path in reversed(made):
             with contextlib.suppress(OSError):
                 path.rmdir() if path.is_dir() else path.unlink()
         if lock:
             lock.release()
-        if isinstance(error, DataError):
+        if not isinstance(error, OSError | WriteError):
             raise
         where = config.run_dir or Path(config.output_dir_base) / os.path.basename(config.model_name.rstrip("/"))
         cause = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
@@ -107,13 +108,18 @@ def check_new_run_dir(run_dir: Path) -> None:
     """A run_dir given for a new run must be empty: a run in it is resumed, and foreign files (shards of
     another run, without their config.json) must never be adopted."""
     if (run_dir / "config.json").exists():
-        raise DataError(f"run_dir: {run_dir} already holds a run; continue it with --resume {run_dir}")
+        raise DataError(f"run_dir: {run_dir} already holds a run; continue it with {resume_flag(run_dir)}")
     others = sorted(path.name for path in run_dir.iterdir() if path.name != LOCK_FILE)
     if others:
         raise DataError(
             f"run_dir: {run_dir} is not empty ({', '.join(others[:5])}) and holds no run (no config.json); "
             "give a new or empty directory"
         )
+
+
+def resume_flag(run_dir) -> str:
+    """`--resume RUN_DIR`, shell-quoted, so that a printed resume command can be pasted as it is."""
+    return f"--resume {shlex.quote(str(run_dir))}"
 
 
 class RunLogHandler(logging.FileHandler):
@@ -243,6 +249,7 @@ def shard_records(run_dir: Path, questions: list[dict], log: logging.Logger) -> 
                 raise DataError(f"{path}: line {number}: not a result record (no id)")
             if record["id"] in question_of:
                 check_record(path, number, record, question_of[record["id"]])
+                check_answer_fields(path, number, record)
                 by_id[record["id"]] = record
     return by_id
 
@@ -259,9 +266,30 @@ def check_record(path: Path, number: int, record: dict, question: dict) -> None:
             )
 
 
+def check_answer_fields(path: Path, number: int, record: dict) -> None:
+    """A stored record holds what merging and scoring read: `prediction` as text, `error` as text or null."""
+    for field, kinds, expected in (("prediction", str, "text"), ("error", str | None, "text or null")):
+        if field not in record:
+            raise DataError(f"{path}: line {number}: id {record['id']}: field {field}: missing")
+        if not isinstance(record[field], kinds):
+            value = record[field]
+            raise DataError(
+                f"{path}: line {number}: id {record['id']}: field {field}: expected {expected}, "
+                f"got {type(value).__name__} {value!r}"
+            )
+
+
 def answered_ids(run_dir: Path, questions: list[dict], log: logging.Logger, retry_failed: bool = False) -> set[int]:
     """Ids of the questions that already have a record (after cutting torn last lines off the shards). With
-    `retry_failed`, the records of failed questions are first taken out of the shards, to be answered again."""
+    `retry_failed`, the records of failed questions are first taken out of the shards, to be answered again. A
+    shards/ folder that was deleted is made again (the answers it held are gone: they are answered again)."""
+    shards = run_dir / "shards"
+    if not shards.is_dir():
+        log.warning(f"{shards}: missing; made again (the answers it held are gone: their questions are answered again)")
+        try:
+            shards.mkdir()
+        except OSError as error:
+            raise WriteError(shards, error) from None
     if retry_failed:
         drop_failed_records(run_dir, log)
     done = set(shard_records(run_dir, questions, log))

@@ -18,7 +18,14 @@ import torch
 
 from vsibench_eval.errors import DataError
 from vsibench_eval.inputs.questions import shard_by_video
-from vsibench_eval.run_dir.directory import answered_ids, finish_run, open_run_dir, shard_records, start_log
+from vsibench_eval.run_dir.directory import (
+    answered_ids,
+    finish_run,
+    open_run_dir,
+    resume_flag,
+    shard_records,
+    start_log,
+)
 from vsibench_eval.run_dir.files import WriteError
 from vsibench_eval.running.prepare import prepare, select_questions
 from vsibench_eval.running.progress import RunProgress
@@ -35,12 +42,17 @@ from vsibench_eval.settings.config import EvalConfig
 
 
 def run_command(config: EvalConfig, given: set[str], **options) -> tuple[int, Path | None]:
-    """run_single for the command line: a DataError before the run directory exists is printed (exit 2)."""
+    """run_single for the command line: a DataError before the run directory exists is printed (exit 2), and so
+    is a stop signal then (nothing was written; a resumed run is as it was)."""
     try:
         return run_single(config, given, **options)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2, None
+    except Interrupted as stop:
+        hint = f" Resume with:\n  python eval_qwen.py {resume_flag(config.resume)}" if config.resume else ""
+        print(f"interrupted by {stop.signal_name} while starting; nothing was written.{hint}", file=sys.stderr)
+        return stop.status, None
 
 
 def run_single(
@@ -56,33 +68,48 @@ def run_single(
     run directory exists is raised; once it exists, failures are logged and decide the status (finish_run)."""
     if loaded is not None:
         model_type = loaded[0].config.model_type
-    config, questions, selection, model_type = prepare(config, given, selected, model_type)
-    run_dir, lock = open_run_dir(config, folder, loaded is not None)  # this process owns it until it returns
-    resume = f"python eval_qwen.py --resume {run_dir}"
-    # A stop signal before or after the workers' run stops it the same way; a caller's own process keeps its handlers.
+    # A stop signal at any time stops the run the same way (one before the run directory exists is raised: nothing
+    # to resume); a caller's own process keeps its handlers.
     stops = stop_signals_interrupt() if loaded is None else contextlib.nullcontext()
-    with lock, stops:
+    with stops:
+        config, questions, selection, model_type = prepare(config, given, selected, model_type)
+        run_dir, lock = open_run_dir(config, folder, loaded is not None)  # this process owns it until it returns
+        with lock:
+            return run_in_dir(config, run_dir, questions, selection, model_type, loaded)
+
+
+def run_in_dir(config: EvalConfig, run_dir: Path, questions, selection: str, model_type: str, loaded) -> tuple:
+    """run_single's work once its run directory is made and locked: the status and the run directory."""
+    resume = f"python eval_qwen.py {resume_flag(run_dir)}"
+    log = None
+    try:
         log = start_log(config, run_dir, questions, selection, model_type)
-        try:
-            done_ids = answered_ids(run_dir, questions, log, config.retry_failed)
-            started = time.perf_counter()
-            if loaded is None:
-                shards = shard_by_video(questions, config.num_processes)
-                failures = run_workers(config, shards, done_ids, run_dir, log)
-            else:
-                evaluate_in_process(*loaded, config, questions, done_ids, run_dir, log)
-                failures = {}
-            elapsed = time.perf_counter() - started
-            return finish_run(config, run_dir, questions, done_ids, failures, elapsed, log, resume), run_dir
-        except DataError as error:
-            log.error(str(error))
-            return 2, run_dir
-        except WriteError as error:
-            log.error(f"{error}; once it can be written, resume with:\n  {resume}")
-            return 1, run_dir
-        except Interrupted as stop:
-            log.error(f"interrupted by {stop.signal_name}; finished batches are kept. Resume with:\n  {resume}")
-            return stop.status, run_dir
+        done_ids = answered_ids(run_dir, questions, log, config.retry_failed)
+        started = time.perf_counter()
+        if loaded is None:
+            shards = shard_by_video(questions, config.num_processes)
+            failures = run_workers(config, shards, done_ids, run_dir, log)
+        else:
+            evaluate_in_process(*loaded, config, questions, done_ids, run_dir, log)
+            failures = {}
+        elapsed = time.perf_counter() - started
+        return finish_run(config, run_dir, questions, done_ids, failures, elapsed, log, resume), run_dir
+    except DataError as error:
+        return stopped(log, str(error), 2), run_dir
+    except WriteError as error:
+        return stopped(log, f"{error}; once it can be written, resume with:\n  {resume}", 1), run_dir
+    except Interrupted as stop:
+        message = f"interrupted by {stop.signal_name}; finished batches are kept. Resume with:\n  {resume}"
+        return stopped(log, message, stop.status), run_dir
+
+
+def stopped(log: logging.Logger | None, message: str, status: int) -> int:
+    """Say why a run stopped, in its log (on stderr when it stopped before its log was open); returns `status`."""
+    if log is None:
+        print(f"error: {message}", file=sys.stderr)
+    else:
+        log.error(message)
+    return status
 
 
 def worker_devices(config: EvalConfig) -> list[str]:
@@ -219,7 +246,9 @@ def main_torchrun(config: EvalConfig, given: set[str]) -> int:
         with stop_signals_interrupt():
             return torchrun_rank(config, given, dist, gloo, timeout, held)
     except Interrupted as stop:
-        resume = f"; resume with the same torchrun command and --resume {held['run_dir']}" if "run_dir" in held else ""
+        resume = (
+            f"; resume with the same torchrun command and {resume_flag(held['run_dir'])}" if "run_dir" in held else ""
+        )
         logging.getLogger("eval_qwen").error(
             f"rank {rank}: interrupted by {stop.signal_name}; finished batches are kept{resume}"
         )
@@ -243,7 +272,7 @@ def torchrun_rank(config: EvalConfig, given: set[str], dist, gloo, timeout, held
             done_ids = answered_ids(
                 run_dir, questions, log, config.retry_failed
             )  # also cuts torn lines before anyone appends
-            log.info(f"torchrun: {world_size} ranks; if the job stops, relaunch it with --resume {run_dir}")
+            log.info(f"torchrun: {world_size} ranks; if the job stops, relaunch it with {resume_flag(run_dir)}")
             decided = [0, config, str(run_dir), model_type]
         except (DataError, WriteError) as error:
             print(f"error: {error}", file=sys.stderr)
@@ -280,6 +309,6 @@ def torchrun_rank(config: EvalConfig, given: set[str], dist, gloo, timeout, held
         failures = {"?": "did not reach the final barrier"}
     if rank != 0:
         return 0
-    resume = f"the same torchrun command with --resume {run_dir}"
+    resume = f"the same torchrun command with {resume_flag(run_dir)}"
     elapsed = time.perf_counter() - started
     return finish_run(config, run_dir, questions, done_ids, failures, elapsed, log, resume)

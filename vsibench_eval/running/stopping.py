@@ -1,5 +1,5 @@
-"""How a run stops: SIGINT, SIGTERM and SIGHUP all stop it the way Ctrl-C does, a worker process stops when
-its parent dies (however the parent dies), and a pause point lets tests decide when a worker dies.
+"""How a run stops: SIGINT, SIGTERM, SIGHUP and SIGUSR1 all stop it the way Ctrl-C does, a worker process stops
+when its parent dies (however the parent dies), and a pause point lets tests decide when a worker dies.
 """
 
 import contextlib
@@ -11,8 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-# Ctrl-C, what SLURM, Kubernetes and `kill` send, and what a closed terminal sends.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Ctrl-C, what SLURM, Kubernetes and `kill` send, what a closed terminal sends, and SLURM's usual warning before
+# a time limit (sbatch --signal=USR1@90).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 WRITE_FAILED = 74  # a worker's exit status when it could not write to the run directory (sysexits' EX_IOERR)
 SERVER_UNREACHABLE = 69  # a worker's exit status when its model's server stayed unreachable (EX_UNAVAILABLE)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h: the signal this process gets when its parent dies
@@ -29,14 +30,18 @@ class Interrupted(KeyboardInterrupt):
 
     def __init__(self, signum: int):
         self.signal_name = signal.Signals(signum).name
-        self.status = 128 + signum  # the conventional exit status: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP
+        self.status = 128 + signum  # the conventional exit status: 130 SIGINT, 143 SIGTERM, 129 SIGHUP, 138 SIGUSR1
         super().__init__(self.signal_name)
 
 
 @contextlib.contextmanager
 def stop_signals_interrupt():
-    """Inside this block the first SIGINT, SIGTERM or SIGHUP raises Interrupted in the main thread; later ones
-    are ignored while the first is being handled. The previous handlers come back afterwards."""
+    """Inside this block the first stop signal (STOP_SIGNALS) raises Interrupted in the main thread; later ones
+    are ignored while the first is being handled. The previous handlers come back afterwards. In another thread
+    (evaluate() called from one) it changes nothing: only the main thread can set handlers, and it keeps its own."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     raised = []
 
     def handler(signum, frame):

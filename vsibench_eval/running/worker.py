@@ -326,16 +326,13 @@ def log_position_comparison(worker: Worker, video: VideoFrames, question_id: int
 
 
 def answer_batch_or_error(worker: Worker, answer_texts, batch: list[dict], texts: list[str]):
-    """(prediction, error, provenance) per question; a failure is recorded on each question of the batch and
-    logged with its traceback, and the run goes on (except when a server is unreachable: ServerUnreachable)."""
-    try:
-        return answer_batch(answer_texts, texts)
-    except ServerUnreachable:
-        raise
-    except Exception as failure:
-        error = f"generation failed: {type(failure).__name__}: {failure}"
-        worker.log.exception(f"worker {worker.rank}: ids {[q['id'] for q in batch]}: {error}")
-        return [("", error, {})] * len(batch)
+    """(prediction, error, provenance) per question (answer_batch); each question that failed is logged by id, and
+    the run goes on (an unreachable server stops it: ServerUnreachable)."""
+    answers = answer_batch(answer_texts, texts)
+    for question, (_, error, _) in zip(batch, answers, strict=True):
+        if error:
+            worker.log.error(f"worker {worker.rank}: id {question['id']}: {error}")
+    return answers
 
 
 def choose_decoder(model, processor, config: EvalConfig, decoding, timer) -> tuple[FastDecoder | None, str]:
@@ -352,7 +349,9 @@ def choose_decoder(model, processor, config: EvalConfig, decoding, timer) -> tup
 def answer_batch(generate_batch, prompts: list[str]) -> list[tuple[str, str | None, dict]]:
     """(prediction, error, provenance) per prompt: `generate_batch` gives a prediction per prompt, or that triple
     (a served model's). A batch that runs out of GPU memory is retried in halves, down to single questions, before
-    the error is recorded."""
+    the error is recorded. A batch that fails for any other reason (e.g. one question too long for the model) is
+    retried one question at a time, so that only the questions that fail get the error; each such failure is
+    logged with its traceback. A server that stays unreachable stops the run (ServerUnreachable)."""
     try:
         return [as_answer(output) for output in generate_batch(prompts)]
     except torch.OutOfMemoryError as error:
@@ -362,6 +361,15 @@ def answer_batch(generate_batch, prompts: list[str]) -> list[tuple[str, str | No
             torch.cuda.empty_cache()
         half = len(prompts) // 2
         return answer_batch(generate_batch, prompts[:half]) + answer_batch(generate_batch, prompts[half:])
+    except ServerUnreachable:
+        raise
+    except Exception as failure:
+        error = f"generation failed: {type(failure).__name__}: {failure}"
+        retry = "; answering its questions one at a time" if len(prompts) > 1 else ""
+        logging.getLogger("eval_qwen").warning(f"a batch of {len(prompts)}: {error}{retry}", exc_info=True)
+        if len(prompts) == 1:
+            return [("", error, {})]
+        return [answer for prompt in prompts for answer in answer_batch(generate_batch, [prompt])]
 
 
 def as_answer(output) -> tuple[str, str | None, dict]:

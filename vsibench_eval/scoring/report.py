@@ -246,13 +246,22 @@ def read_results(path: str) -> list[dict]:
             raise DataError(f"{path}: record {number}: missing {', '.join(missing)}")
         if record["question_type"] not in MCA_QUESTION_TYPES + NA_QUESTION_TYPES:
             raise DataError(f"{path}: record {number}: unknown question_type {record['question_type']!r}")
-        if "id" in record:  # a question scored twice would count twice: refused
-            if record["id"] in first_record_of:
-                raise DataError(
-                    f"{path}: record {number}: id {record['id']} already in record {first_record_of[record['id']]}"
-                )
-            first_record_of[record["id"]] = number
+        if "id" in record:  # a question scored twice would count twice: refused, however its id is written
+            key = id_key(record["id"])
+            if key in first_record_of:
+                first = first_record_of[key]
+                raise DataError(f"{path}: record {number}: id {record['id']!r} already in record {first}")
+            first_record_of[key] = number
+    if not records:
+        raise DataError(f"{path}: no records (an empty results file)")
     return records
+
+
+def id_key(value) -> str:
+    """An id as the question it names: 0, "0" and 0.0 are the same question."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
 
 
 def run_config(results_path: str) -> dict:

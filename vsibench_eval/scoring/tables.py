@@ -160,7 +160,9 @@ def format_markdown(rows: list[tuple[str, dict]], layout: str = "spatial_r1") ->
 
 
 def markdown_lines(header: list[str], body: list[list[str]]) -> list[str]:
-    """A markdown table's lines: the first column left-aligned, the others right-aligned, all padded."""
+    """A markdown table's lines: the first column left-aligned, the others right-aligned, all padded; no cell's
+    text can break its row (markdown_text)."""
+    header, body = [markdown_text(cell) for cell in header], [[markdown_text(cell) for cell in row] for row in body]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -177,11 +179,28 @@ def format_csv(rows: list[tuple[str, dict]], layout: str = "spatial_r1") -> str:
     columns = table_columns(rows, layout)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["Model", *(title for title, _ in columns), "questions", "parser"])
+    writer.writerow(["Model", *(csv_text(title) for title, _ in columns), "questions", "parser"])
     for name, result in rows:
         values = [cell_value(result, key) for _, key in columns]
-        writer.writerow([name, *("" if v is None else f"{v:.2f}" for v in values), result["n"], result["parser"]])
+        scores = ("" if v is None else f"{v:.2f}" for v in values)
+        writer.writerow([csv_text(name), *scores, result["n"], result["parser"]])
     return out.getvalue().rstrip("\n")
+
+
+def markdown_text(text: str) -> str:
+    """Text as one markdown table cell: `|` escaped, line breaks made spaces (either would break the row)."""
+    return " ".join(text.replace("|", "\\|").splitlines())
+
+
+def csv_text(text: str) -> str:
+    """A name as a CSV cell a spreadsheet shows as text: one starting with =, +, - or @ (a formula there), other
+    than a number, gets a leading apostrophe."""
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        try:
+            float(text)
+        except ValueError:
+            return "'" + text
+    return text
 
 
 # ---------------------------------------------------------------- run labels
