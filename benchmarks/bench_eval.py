@@ -129,7 +129,7 @@ def run_shared_hf(model, processor, config, questions, decoder, timer):
         for start in range(0, len(texts), config.batch_size):
             batch = groups[decoded.path][start : start + config.batch_size]
             predictions = worker.answer_batch(answer, texts[start : start + len(batch)])
-            yield {q["id"]: prediction for q, (prediction, _) in zip(batch, predictions, strict=True)}
+            yield {q["id"]: prediction for q, (prediction, _, _) in zip(batch, predictions, strict=True)}
 
 
 def run_fast(model, processor, config, questions, decoder, timer):
@@ -154,7 +154,7 @@ def run_fast(model, processor, config, questions, decoder, timer):
         for rows in worker.question_batches(len(texts), config.batch_size, config.batch_tokens, row_tokens):
             batch = video_questions[rows.start : rows.stop]
             predictions = worker.answer_batch(answer, texts[rows.start : rows.stop])
-            yield {q["id"]: prediction for q, (prediction, _) in zip(batch, predictions, strict=True)}
+            yield {q["id"]: prediction for q, (prediction, _, _) in zip(batch, predictions, strict=True)}
 
 
 PIPELINES = {"naive": run_naive, "decode_once": run_decode_once, "shared_hf": run_shared_hf, "fast": run_fast}
