@@ -21,8 +21,9 @@ lint: $(VENV)/installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Two pytest workers (pytest-xdist): the suite takes about 8.5 minutes on 2 cores instead of 10.
 test: lint
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n 2
 
 # The quick unit tests: no whole evaluator runs (e2e) and no multi-family model runs (slow); about two minutes.
 test-fast: lint
