@@ -43,7 +43,7 @@ test-latest:
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
 	$(LATEST)/bin/python -m pip install --quiet --upgrade ".[dev,serve]"
 	$(LATEST)/bin/pip list 2>/dev/null | grep -iE '^(torch|transformers|tokenizers|accelerate) '
-	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider
+	$(LATEST)/bin/python -m pytest -q -n 2 -p no:cacheprovider
 
 # Mutation testing (slow, not part of `make test`): mutmut's mutants of the official metric, frame sampling,
 # rotary positions and the shared-prefix path selection, against the fast tests named in pyproject.toml.
