@@ -13,7 +13,7 @@ answers every question with each pipeline and keeps the best of `--repeats` runs
 - shared_hf: the evaluator before the fast decoder: decode once, the shared video prefix, transformers'
   generate, fixed batches of --batch_size (8 + 8 + 2 for 18 questions);
 - fast: the evaluator now: decode and the prefix's patches prepared in the background, the shared prefix,
-  balanced batches as large as batch_size / batch_tokens allow (one per video here), the fast decoder.
+  the fast decoder's arena (the questions of several videos decoded together, batch_size rows).
 A long-answer scenario (--long_new_tokens, no end token: every answer runs to the limit, as reasoning answers
 do) compares shared_hf and fast. Prints one JSON line: per scenario each pipeline's seconds, the ratios, the
 prefill tokens and whether every pipeline gave the same answers.
@@ -22,6 +22,7 @@ prefill tokens and whether every pipeline gave the same answers.
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 import tempfile
 import threading
@@ -40,9 +41,14 @@ from vsibench_eval.demo import tiny_models
 from vsibench_eval.inputs.frames import load_video  # noqa: E402
 from vsibench_eval.inputs.prompts import build_prompt  # noqa: E402
 from vsibench_eval.inputs.questions import group_by_video  # noqa: E402
-from vsibench_eval.model.decode import FastDecoder  # noqa: E402
-from vsibench_eval.model.generation import StageTimer, chat_text, generate_plain, load_model  # noqa: E402
-from vsibench_eval.running import video_prep, worker
+from vsibench_eval.model.generation import (  # noqa: E402
+    StageTimer,
+    chat_text,
+    decoding_config,
+    generate_plain,
+    load_model,
+)
+from vsibench_eval.running import answering, continuous, video_prep
 from vsibench_eval.settings.config import EvalConfig  # noqa: E402
 from vsibench_eval.settings.protocols import apply_protocol  # noqa: E402
 
@@ -124,48 +130,54 @@ def run_shared_hf(model, processor, config, questions, decoder, timer):
     groups = group_by_video(questions)
     for decoded in video_prep.decoded_videos(list(groups), config, factor):
         texts = texts_of(processor, config, groups[decoded.path])
-        answer, error = worker.video_answerer(model, processor, decoded.video, None, texts, config, timer=timer)
+        answer, error = answering.video_answerer(model, processor, decoded.video, None, texts, config, timer=timer)
         assert error is None, error
         for start in range(0, len(texts), config.batch_size):
             batch = groups[decoded.path][start : start + config.batch_size]
-            predictions = worker.answer_batch(answer, texts[start : start + len(batch)])
+            predictions = answering.answer_batch(answer, texts[start : start + len(batch)])
             yield {q["id"]: prediction for q, (prediction, _, _) in zip(batch, predictions, strict=True)}
 
 
-def run_fast(model, processor, config, questions, decoder, timer):
-    """The evaluator's worker loop now: background preparation, shared prefix, balanced batches, fast decoder."""
-    defaults = EvalConfig()  # the evaluator's batching
-    config = dataclasses.replace(config, batch_size=defaults.batch_size, batch_tokens=defaults.batch_tokens)
+def run_fast(model, processor, config, questions, arena, timer):
+    """The evaluator's worker loop now: background preparation, shared prefixes, and the questions of several
+    videos decoded together in the fast decoder's arena (`arena`, made by measure)."""
     factor = processor.video_processor.patch_size * processor.video_processor.merge_size
     groups = group_by_video(questions)
     on_gpu = model.device.type == "cuda"
     prepare = partial(video_prep.prepare_prefix, config, None, processor, groups, threading.local(), on_gpu)
     threads = video_prep.video_threads(model.device.type, config)
-    for decoded in video_prep.decoded_videos(list(groups), config, factor, prepare, threads):
-        video_questions = groups[decoded.path]
-        texts = texts_of(processor, config, video_questions)
-        if decoded.prefix is not None:
-            timer.add("processor", decoded.prefix.seconds)  # spent in a background thread
-        answer, error = worker.video_answerer(
-            model, processor, decoded.video, None, texts, config, decoder=decoder, prepared=decoded.prefix, timer=timer
-        )
-        assert error is None, error
-        row_tokens = worker.video_token_count(processor, decoded.video) + config.max_new_tokens
-        for rows in worker.question_batches(len(texts), config.batch_size, config.batch_tokens, row_tokens):
-            batch = video_questions[rows.start : rows.stop]
-            predictions = worker.answer_batch(answer, texts[rows.start : rows.stop])
-            yield {q["id"]: prediction for q, (prediction, _, _) in zip(batch, predictions, strict=True)}
+    answerer = partial(answering.video_answerer, model, processor, config=config, timer=timer)
+    log = logging.getLogger("eval_qwen")
+    worker = answering.Worker(0, config, None, log, answerer, factor, processor, model, timer, arena)
+
+    def videos():
+        for decoded in video_prep.decoded_videos(list(groups), config, factor, prepare, threads):
+            if decoded.prefix is not None:
+                timer.add("processor", decoded.prefix.seconds)  # spent in a background thread
+            yield decoded
+
+    for records in continuous.answer_videos_together(worker, videos(), groups, set(), False):
+        yield {record["id"]: record["prediction"] for record in records}
+
+
+def fast_config(config: EvalConfig) -> EvalConfig:
+    """The fast pipeline's settings: the evaluator's own batching (rows of the arena, cache slots)."""
+    defaults = EvalConfig()
+    return dataclasses.replace(config, batch_size=defaults.batch_size, batch_tokens=defaults.batch_tokens)
 
 
 PIPELINES = {"naive": run_naive, "decode_once": run_decode_once, "shared_hf": run_shared_hf, "fast": run_fast}
 
 
-def measure(pipeline: str, model, processor, config, questions, decoder=None, stop_at: float | None = None) -> dict:
+def measure(pipeline: str, model, processor, config, questions, stop_at: float | None = None) -> dict:
     """One timed run of a pipeline: its answers, seconds up to its last finished batch (it stops after the batch
-    that passes `stop_at`, a time.perf_counter() value), video decodes, and its StageTimer."""
+    that passes `stop_at`, a time.perf_counter() value), video decodes, its StageTimer, and the fast pipeline's
+    arena (whose graph_failure says whether CUDA graphs were used)."""
     timer = StageTimer(model)
-    if decoder is not None:
-        decoder.timer = timer
+    decoder = None
+    if pipeline == "fast":
+        config = fast_config(config)
+        decoder = continuous.make_arena(model, processor, config, decoding_config(model, processor), timer, questions)
     answers, started = {}, time.perf_counter()
     finished = started
     batches = PIPELINES[pipeline](model, processor, config, questions, decoder, timer)
@@ -178,13 +190,13 @@ def measure(pipeline: str, model, processor, config, questions, decoder=None, st
     timer.remove()
     videos = len({q["video_path"] for q in questions if q["id"] in answers})
     decodes = len(answers) if pipeline == "naive" else videos
-    return {"answers": answers, "seconds": finished - started, "videos": videos, "decodes": decodes, "timer": timer}
+    run = {"answers": answers, "seconds": finished - started, "videos": videos, "decodes": decodes, "timer": timer}
+    return run | {"decoder": decoder}
 
 
 def best_of(repeats: int, pipeline: str, model, processor, config, questions) -> dict:
     """The fastest of `repeats` runs of a pipeline (the machine's load only ever slows a run down)."""
-    decoder = FastDecoder(model) if pipeline == "fast" else None
-    runs = [measure(pipeline, model, processor, config, questions, decoder) for _ in range(repeats)]
+    runs = [measure(pipeline, model, processor, config, questions) for _ in range(repeats)]
     return min(runs, key=lambda run: run["seconds"])
 
 

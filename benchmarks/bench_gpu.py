@@ -2,7 +2,6 @@
 
     python benchmarks/bench_gpu.py [--out FILE] [--budget_s 300]   # one GPU (an H100: about 5 minutes)
     python benchmarks/bench_gpu.py --tiny                           # tiny model and workload, on CPU: checks the script
-    python benchmarks/bench_gpu.py --compile                        # also the fast pipeline with a torch.compile'd step
 
 Nothing is downloaded: the model is Qwen2.5-VL-7B-Instruct's published architecture (the config values below)
 with random bf16 weights created directly on the GPU, with a locally built tokenizer and processor
@@ -16,8 +15,8 @@ Pipelines (benchmarks/bench_eval.py's):
 - naive: per question decode the video, run the processor, the vision encoder, a full prefill and
   transformers' generate (the original Spatial-R1 script, lmms-eval);
 - shared_hf: the evaluator before the fast decoder (decode once, shared video prefix, generate, batches of 8);
-- fast: the evaluator now (preparation pool, packed vision attention, shared prefix, one batch per video,
-  packed prefill, the fast decoder).
+- fast: the evaluator now (preparation pool, packed vision attention, shared prefix, the fast decoder's arena:
+  the questions of several videos decoded together, prefilled packed, rows refilled as answers end).
 naive and shared_hf run the vision encoder as transformers does (one sdpa call per window) and answer only as
 many questions as their time caps allow; rates are per question.
 
@@ -49,7 +48,7 @@ import bench_eval  # noqa: E402
 
 from vsibench_eval.demo import data as demo_data
 from vsibench_eval.demo import tiny_models
-from vsibench_eval.model.decode import FastDecoder, unsupported_reason  # noqa: E402
+from vsibench_eval.model.decode import unsupported_reason  # noqa: E402
 from vsibench_eval.model.generation import greedy  # noqa: E402
 from vsibench_eval.model.positions import use_published_positions  # noqa: E402
 from vsibench_eval.model.vision_attention import use_packed_vision_attention  # noqa: E402
@@ -127,7 +126,7 @@ TINY_SCENARIOS = {
 PIPELINE_ORDER = {
     "short": ("fast", "naive", "shared_hf"),
     "long": ("fast", "shared_hf", "naive"),
-}  # --compile: + fast_compiled
+}
 NAIVE_LONG_QUESTIONS = 2  # a naive 512-token answer takes seconds each: a sample is enough for its rate
 MIN_SECONDS_TO_START = 15  # a pipeline is skipped when less of the budget is left
 
@@ -234,17 +233,16 @@ class BusySampler:
         return round(sum(self.samples) / len(self.samples) / 100, 3) if self.samples else None
 
 
-def run_pipeline(name, model, processor, config, questions, decoder, stop_at, device) -> dict:
-    """One pipeline on a scenario's questions: rate, stages, busy fraction, peak memory. `decoder`: the fast
-    pipeline's (fast_compiled is the fast pipeline with a compiled step)."""
+def run_pipeline(name, model, processor, config, questions, stop_at, device) -> dict:
+    """One pipeline on a scenario's questions: rate, stages, busy fraction, peak memory, and for fast whether its
+    decode step ran as a CUDA graph."""
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    pipeline = "fast" if name == "fast_compiled" else name
-    use_vision_attention(model, packed=pipeline == "fast")
+    use_vision_attention(model, packed=name == "fast")
     with BusySampler(device) as sampler:
-        run = bench_eval.measure(pipeline, model, processor, config, questions, decoder, stop_at)
+        run = bench_eval.measure(name, model, processor, config, questions, stop_at)
         if cuda:
             torch.cuda.synchronize()
     timer = run["timer"]
@@ -265,7 +263,11 @@ def run_pipeline(name, model, processor, config, questions, decoder, stop_at, de
         "decode_steps": steps,
         "rows_per_decode_step": round(timer.decoded_tokens / steps, 2) if steps else None,
         "answers": run["answers"],
-    }
+    } | ({"decoder_graphs": graphs_used(run["decoder"])} if run["decoder"] is not None else {})
+
+
+def graphs_used(arena) -> bool | str:
+    return "off: " + arena.graph_failure if arena.graph_failure else arena.graphs
 
 
 def use_vision_attention(model, packed: bool) -> None:
@@ -281,8 +283,8 @@ def error_text(failure: BaseException) -> str:
     return f"{type(failure).__name__}: {failure} (at {Path(where.filename).name}:{where.lineno})"
 
 
-def run_scenario(name, spec, model, processor, questions, decoders: dict, deadline, device, frames: dict) -> dict:
-    """The scenario's pipelines, most important first; `decoders`: the FastDecoder of fast (and fast_compiled)."""
+def run_scenario(name, spec, model, processor, questions, deadline, device, frames: dict) -> dict:
+    """The scenario's pipelines, most important first."""
     config = EvalConfig(
         **frames,
         fps=0,  # the same frame count from every video, as from VSI-Bench's long videos
@@ -292,8 +294,7 @@ def run_scenario(name, spec, model, processor, questions, decoders: dict, deadli
     )
     apply_protocol(config, "qwen2_5_vl")  # protocol none: the evaluator's defaults for the rest
     result = {"new_tokens": spec["new_tokens"], "questions": len(questions), "pipelines": {}}
-    compiled = ["fast_compiled"] if name == "long" and "fast_compiled" in decoders else []
-    for pipeline in [*PIPELINE_ORDER[name], *compiled]:
+    for pipeline in PIPELINE_ORDER[name]:
         left = deadline - time.perf_counter()
         if left < MIN_SECONDS_TO_START:
             result["pipelines"][pipeline] = {"skipped": f"time budget ({left:.0f}s left)"}
@@ -302,13 +303,8 @@ def run_scenario(name, spec, model, processor, questions, decoders: dict, deadli
         cap = spec["caps"].get(pipeline)
         stop_at = min(deadline - 5, time.perf_counter() + cap) if cap else deadline - 5
         subset = questions[:NAIVE_LONG_QUESTIONS] if (name, pipeline) == ("long", "naive") else questions
-        decoder = decoders.get(pipeline)
         try:
-            if pipeline == "fast_compiled":  # a first run compiles the step; the second is timed
-                started = time.perf_counter()
-                run_pipeline(pipeline, model, processor, config, subset[:1], decoder, None, device)
-                result["compile_run_seconds"] = round(time.perf_counter() - started, 1)
-            stats = run_pipeline(pipeline, model, processor, config, subset, decoder, stop_at, device)
+            stats = run_pipeline(pipeline, model, processor, config, subset, stop_at, device)
         except Exception as failure:
             result["pipelines"][pipeline] = {"error": error_text(failure)}
             log(f"{name}/{pipeline}: FAILED {error_text(failure)}")
@@ -342,7 +338,7 @@ def add_ratios(result: dict) -> None:
         stats.pop("answers", None)
 
 
-def warm_up(model, processor, questions, decoder, device, frames: dict) -> dict:
+def warm_up(model, processor, questions, device, frames: dict) -> dict:
     """First calls pay one-off costs (CUDA kernels and libraries, graph capture): each pipeline answers a few
     short questions before the clock runs."""
     config = EvalConfig(**frames, fps=0, batch_size=8, max_new_tokens=4)
@@ -351,9 +347,7 @@ def warm_up(model, processor, questions, decoder, device, frames: dict) -> dict:
     for pipeline, count in (("fast", 18), ("shared_hf", 8), ("naive", 1)):
         started = time.perf_counter()
         try:
-            bench_eval.measure(
-                pipeline, model, processor, config, questions[:count], decoder if pipeline == "fast" else None
-            )
+            bench_eval.measure(pipeline, model, processor, config, questions[:count])
         except Exception as failure:
             log(f"warm-up {pipeline}: FAILED {error_text(failure)}")
         seconds[pipeline] = round(time.perf_counter() - started, 2)
@@ -381,9 +375,6 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny model and workload (checks the script on a CPU)")
     parser.add_argument("--budget_s", type=float, default=300, help="stop starting pipelines after this long")
     parser.add_argument("--out", help="also write the JSON result to this file (rewritten after every scenario)")
-    parser.add_argument(
-        "--compile", action="store_true", help="also run the long scenario's fast pipeline with a torch.compile'd step"
-    )
     args = parser.parse_args()
     if not args.tiny and not torch.cuda.is_available():
         # the full run builds the 7B architecture (about 16 GB of weights): on a CPU the kernel kills it for memory
@@ -426,11 +417,7 @@ def main() -> None:
             log(f"{count} synthetic videos written in {result['setup_seconds']['videos']}s")
             per_video = max(spec["questions_per_video"] for spec in scenarios.values())
             questions = bench_eval.question_records(paths, per_video, np.random.default_rng(0))
-            decoder = FastDecoder(model)
-            decoders = {"fast": decoder}
-            if args.compile:
-                decoders["fast_compiled"] = FastDecoder(model, compile_step=True)
-            result["warm_up_seconds"] = warm_up(model, processor, questions, decoder, device, frames)
+            result["warm_up_seconds"] = warm_up(model, processor, questions, device, frames)
             log(f"warm-up: {result['warm_up_seconds']}")
         except Exception as failure:
             result["error"] = f"setup failed: {error_text(failure)}"
@@ -447,14 +434,13 @@ def main() -> None:
                 and q["id"] % per_video < spec["questions_per_video"]
             ]
             try:
-                outcome = run_scenario(name, spec, model, processor, chosen, decoders, deadline, device, frames)
+                outcome = run_scenario(name, spec, model, processor, chosen, deadline, device, frames)
             except Exception as failure:
                 outcome = {"error": error_text(failure)}
                 log(f"{name}: FAILED {outcome['error']}")
             result["scenarios"][name] = outcome
             save()
 
-    result["decoder_graphs"] = "off: " + decoder.graph_failure if decoder.graph_failure else decoder.graphs
     result["targets"] = targets(result["scenarios"])
     save()
     log("done")

@@ -1,5 +1,5 @@
-"""The fast decoder (decode.py) against transformers' generate, token for token, and the worker's batching and
-background video preparation."""
+"""The plain path's fast decoder (decode.py) against transformers' generate, token for token, and the worker's
+batching and background video preparation. The shared-prefix path's arena: test_arena.py."""
 
 import json
 from collections import Counter
@@ -14,15 +14,14 @@ from vsibench_eval.model import decode
 from vsibench_eval.model.decode import FastDecoder, unsupported_reason
 from vsibench_eval.model.generation import (
     StageTimer,
-    generate_from_prefix,
     generate_plain,
     greedy,
     load_model,
-    prefill_prefix,
     prefix_inputs,
     shared_prefix_text,
 )
-from vsibench_eval.running import video_prep, worker
+from vsibench_eval.running import answering, video_prep
+from vsibench_eval.settings.config import EvalConfig
 from vsibench_eval.settings.protocols import apply_protocol
 
 
@@ -36,18 +35,15 @@ def test_fast_decoder_is_token_identical_to_generate(demo_dirs, family, monkeypa
     decoder = FastDecoder(model)
     for video_number in (0, 1):  # a 36 s video (32 frames) and an 8 s one (8 frames)
         video, texts = video_and_texts(demo, processor, video_number)
-        prefix = prefill_prefix(model, processor, video, shared_prefix_text(texts), "2.0")
         for batch in (texts[:1], texts[1:6]):  # one row, and five rows of different lengths (left padding)
-            expected = generate_from_prefix(model, processor, prefix, batch, max_new_tokens=10)
-            assert generate_from_prefix(model, processor, prefix, batch, 10, decoder=decoder) == expected
+            expected = generate_plain(model, processor, video, batch, "2.0", max_new_tokens=10)
+            assert generate_plain(model, processor, video, batch, "2.0", 10, decoder=decoder) == expected
             assert all(len(row) >= 2 for row in expected)
-        plain = generate_plain(model, processor, video, texts[6:9], "2.0", max_new_tokens=10)
-        assert generate_plain(model, processor, video, texts[6:9], "2.0", 10, decoder=decoder) == plain
 
 
-def common_tokens(model, processor, prefix, texts, count):
+def common_tokens(model, processor, video, texts, count):
     """Tokens the model often generates for these texts (after their first two)."""
-    answers = generate_from_prefix(model, processor, prefix, texts, max_new_tokens=16)
+    answers = generate_plain(model, processor, video, texts, "2.0", max_new_tokens=16)
     return [token for token, _ in Counter(t for row in answers for t in row[2:]).most_common(count)]
 
 
@@ -57,20 +53,19 @@ def test_rows_that_end_early_are_dropped_and_answers_stay_identical(demo_dirs, m
     model, processor, _ = load_model(str(demo / "model"), "cpu")
     answer_tokens(model, processor, monkeypatch)
     video, texts = video_and_texts(demo, processor, 0)
-    prefix = prefill_prefix(model, processor, video, shared_prefix_text(texts), "2.0")
     batch = texts[:8]
     # A token the random model often writes becomes an end token too, so rows end at different steps.
     end = model.generation_config.eos_token_id
-    model.generation_config.eos_token_id = [end, *common_tokens(model, processor, prefix, batch, 1)]
+    model.generation_config.eos_token_id = [end, *common_tokens(model, processor, video, batch, 1)]
     answer_tokens(model, processor, monkeypatch)
-    expected = generate_from_prefix(model, processor, prefix, batch, max_new_tokens=16)
+    expected = generate_plain(model, processor, video, batch, "2.0", max_new_tokens=16)
     lengths = sorted(len(row) for row in expected)
     assert lengths[0] < 16 and lengths[3] < lengths[-1] == 16  # half the rows end early, at least one runs on
 
     decoder = FastDecoder(model)
     drops = []
     monkeypatch.setattr(decoder, "_drop_finished", partial(spy, drops, decoder._drop_finished))
-    assert generate_from_prefix(model, processor, prefix, batch, 16, decoder=decoder) == expected
+    assert generate_plain(model, processor, video, batch, "2.0", 16, decoder=decoder) == expected
     assert drops and drops[0] < 8  # the batch shrank
 
 
@@ -95,8 +90,6 @@ def test_repetition_penalty_from_the_checkpoint_is_applied(demo_dirs, monkeypatc
     assert expected != unpenalized
     decoder = FastDecoder(model)
     assert generate_plain(model, processor, video, batch, "2.0", 12, decoder=decoder) == expected
-    prefix = prefill_prefix(model, processor, video, shared_prefix_text(texts), "2.0")
-    assert generate_from_prefix(model, processor, prefix, batch, 12, decoder=decoder) == expected
 
 
 @pytest.mark.slow
@@ -104,10 +97,9 @@ def test_out_of_memory_frees_the_cache_and_the_batch_is_split(demo_dirs, monkeyp
     demo = demo_dirs("qwen2_5_vl")
     model, processor, _ = load_model(str(demo / "model"), "cpu")
     video, texts = video_and_texts(demo, processor, 1)
-    prefix = prefill_prefix(model, processor, video, shared_prefix_text(texts), "2.0")
-    expected = generate_from_prefix(model, processor, prefix, texts[:4], max_new_tokens=6)
+    expected = generate_plain(model, processor, video, texts[:4], "2.0", max_new_tokens=6)
     decoder = FastDecoder(model)
-    prefill = decoder._prefill_packed
+    prefill = decoder._prefill
 
     def fits_two_rows(slot, input_ids, *args):
         if input_ids.shape[0] > 2:
@@ -115,9 +107,9 @@ def test_out_of_memory_frees_the_cache_and_the_batch_is_split(demo_dirs, monkeyp
             raise torch.OutOfMemoryError("CUDA out of memory")
         return prefill(slot, input_ids, *args)
 
-    monkeypatch.setattr(decoder, "_prefill_packed", fits_two_rows)
-    answer = partial(generate_from_prefix, model, processor, prefix, max_new_tokens=6, decoder=decoder)
-    assert worker.answer_batch(answer, texts[:4]) == [(text, None, {}) for text in expected]
+    monkeypatch.setattr(decoder, "_prefill", fits_two_rows)
+    answer = partial(generate_plain, model, processor, video, position_fps="2.0", max_new_tokens=6, decoder=decoder)
+    assert answering.answer_batch(answer, texts[:4]) == [(text, None, {}) for text in expected]
     ((rows, length),) = {key[:2] for key in decoder.slots}  # only shapes made after the memory was given back
     assert rows == 2 and decoder.arena_tokens == 2 * length
 
@@ -130,12 +122,11 @@ def test_compiled_step_gives_the_same_tokens(demo_dirs, monkeypatch):
     model, processor, _ = load_model(str(demo / "model"), "cpu")
     answer_tokens(model, processor, monkeypatch)
     video, texts = video_and_texts(demo, processor, 1)
-    prefix = prefill_prefix(model, processor, video, shared_prefix_text(texts), "2.0")
     decoder = FastDecoder(model)
     decoder.step = torch.compile(decoder._step, dynamic=True, backend="eager")
     for batch in (texts[:4], texts[4:6]):
-        expected = generate_from_prefix(model, processor, prefix, batch, max_new_tokens=8)
-        assert generate_from_prefix(model, processor, prefix, batch, 8, decoder=decoder) == expected
+        expected = generate_plain(model, processor, video, batch, "2.0", max_new_tokens=8)
+        assert generate_plain(model, processor, video, batch, "2.0", 8, decoder=decoder) == expected
 
 
 def test_unsupported_models_and_settings_are_named(demo_dirs):
@@ -162,7 +153,7 @@ def test_unsupported_models_and_settings_are_named(demo_dirs):
     ],
 )
 def test_question_batches(count, batch_size, batch_tokens, row_tokens, sizes):
-    batches = worker.question_batches(count, batch_size, batch_tokens, row_tokens)
+    batches = answering.question_batches(count, batch_size, batch_tokens, row_tokens)
     assert [len(b) for b in batches] == sizes
     assert [i for b in batches for i in b] == list(range(count))  # in order, each question once
 
@@ -173,7 +164,7 @@ def test_background_threads_prepare_videos_in_order(demo_dirs, monkeypatch):
     model, processor, _ = load_model(str(demo / "model"), "cpu")
     questions = load_questions(str(demo / "vsibench" / "test.parquet"), str(demo / "vsibench"))
     groups = group_by_video(questions)
-    config = worker.EvalConfig(num_frames=32, fps=1.0, target_resolution=[448, 448], prompt_type="official")
+    config = EvalConfig(num_frames=32, fps=1.0, target_resolution=[448, 448], prompt_type="official")
     apply_protocol(config, "qwen2_5_vl")  # protocol none: every other setting its default
     prepare = partial(video_prep.prepare_prefix, config, None, processor, groups, video_prep.threading.local(), False)
     decoded = list(video_prep.decoded_videos(list(groups), config, 28, prepare, threads=3))

@@ -23,8 +23,8 @@ from vsibench_eval.model.generation import (
     shared_prefix_text,
 )
 from vsibench_eval.model.prefix_cache import batch_cache, prefix_reuse_problem
+from vsibench_eval.running.answering import video_answerer
 from vsibench_eval.running.video_prep import PreparedPrefix
-from vsibench_eval.running.worker import video_answerer
 from vsibench_eval.settings.config import EvalConfig
 
 

@@ -24,8 +24,8 @@ from helpers import SMALL, read_results, run_eval, settled_config
 import eval_qwen
 from vsibench_eval.run_dir.directory import finish_run, make_run_dir
 from vsibench_eval.run_dir.files import ShardFile, WriteError, atomic_write
+from vsibench_eval.running.answering import answer_batch
 from vsibench_eval.running.stopping import PAUSE_DIR
-from vsibench_eval.running.worker import answer_batch
 from vsibench_eval.settings.config import EvalConfig
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from helpers import read_results, run_eval
 
-from vsibench_eval.running.worker import cognitive_maps
+from vsibench_eval.running.answering import cognitive_maps
 from vsibench_eval.settings.config import EvalConfig
 
 

@@ -1,13 +1,15 @@
 """Fast greedy decoding: a static KV cache, a self-advancing decode step, CUDA graphs on GPU.
 
+This module is the plain path's decoder (every question's whole prompt, video included, prefilled) and what
+the shared-prefix path's arena (arena.py, where the questions of several videos decode together) builds on: the
+checks of what it supports, and the graph capture.
+
 transformers' `generate` pays for every new token: Python set-up, a DynamicCache concatenated anew, a mask
 rebuilt from scratch and one kernel launch per operation (25-30 ms per step for a 7B model, where the GPU
 needs 5-6 ms); rows that finished ride along until the longest ends. Here:
 
 - a batch's rows live in preallocated cache buffers [rows, kv_heads, length, head_dim] (one arena per layer,
-  reused by every batch), laid out as the HF path lays them: [video prefix | left padding | own tokens | new];
-- a batch's questions are prefilled packed, side by side against one copy of their video's prefix, with no
-  padding between them (packed_prefill.py), and their keys and values then placed in their rows;
+  reused by every batch), laid out as the HF path lays them: [left padding | prompt | new];
 - one decode step is a fixed sequence of operations on fixed tensors that advances its own inputs (the token
   fed next, its M-RoPE position, its cache slot), so on CUDA it is captured once per shape and replayed as a
   CUDA graph; optionally it is compiled with torch.compile;
@@ -16,16 +18,14 @@ needs 5-6 ms); rows that finished ride along until the longest ends. Here:
 
 The step calls the model's own text layers (transformers' attention, rotary and norm code), so the
 arithmetic is the HF path's: answers are token-identical to it in float32 on CPU (the tests check every
-supported family). In bf16 on a GPU the kernels see other shapes (a packed prefill, a longer, masked cache;
-fewer rows after a drop), which can change a near-tie between two tokens.
+supported family). In bf16 on a GPU the kernels see other shapes (a longer, masked cache; fewer rows after a
+drop), which can change a near-tie between two tokens.
 """
 
 from collections import OrderedDict
 from contextlib import nullcontext
 
 import torch
-
-from vsibench_eval.model.packed_prefill import packed_layout, prefill_packed
 
 # The families whose fast path the tests prove token-identical to HF's. Others (linear-attention or
 # sliding-window layers, whose caches hold other state) are answered by HF's generate.
@@ -225,28 +225,10 @@ class FastDecoder:
             self.slots.popitem(last=False)
         return slot
 
-    def _capture(self, slot: DecodeSlot) -> None:
-        """Record the slot's step as a CUDA graph. The warm-up steps run for real, so the slot's state is saved
-        before and restored after (their cache writes land in slots the next real steps overwrite first)."""
-        saved = [tensor.clone() for tensor in slot.state()]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_STEPS):
-                self.step(slot)
-        torch.cuda.current_stream().wait_stream(side)
-        for tensor, value in zip(slot.state(), saved, strict=True):
-            tensor.copy_(value)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: the background threads preparing videos (pinning memory) may call CUDA meanwhile.
-        with torch.cuda.graph(graph, pool=self.graph_pool, capture_error_mode="thread_local"):
-            self.step(slot)
-        slot.graph = graph
-
     def _run_steps(self, slot: DecodeSlot, steps: int) -> None:
         if self.graphs and slot.graph is None:
             try:
-                self._capture(slot)
+                slot.graph = capture_step(lambda: self.step(slot), slot.state(), self.graph_pool)
             except Exception as failure:  # keep answering, eagerly, and say why
                 self.graphs, self.graph_failure = False, f"{type(failure).__name__}: {failure}"
                 torch.cuda.synchronize()
@@ -266,27 +248,23 @@ class FastDecoder:
         mm_token_type_ids: torch.Tensor,
         generation_config,
         grids: dict,
-        prefix_cache=None,
-        vision: dict | None = None,
+        vision: dict,
     ) -> list[list[int]]:
         """Greedy new tokens of each row (up to and including its end token).
 
         input_ids, attention_mask, mm_token_type_ids [B, L0]: the full left-padded prompts (best on the CPU).
-        grids: video_grid_thw (and second_per_grid_ts) of the rows, for their M-RoPE positions. prefix_cache: a
-        DynamicCache of the rows' shared first P tokens (batch 1), or None; vision: the pixel inputs when there
-        is no prefix (on the device).
+        grids: video_grid_thw (and second_per_grid_ts) of the rows, for their M-RoPE positions; vision: the pixel
+        inputs (on the device).
         """
         effective = effective_generation_config(self.model, generation_config)
         max_new, eos = effective.max_new_tokens, end_token_ids(effective)
         penalty = effective.repetition_penalty if effective.repetition_penalty not in (None, 1.0) else None
         batch, prompt_length = input_ids.shape
-        prefix_length = prefix_cache.get_seq_length() if prefix_cache is not None else 0
         # The model's own rule (published or transformers'), as generate() computes it: [3, B, L0]; from CPU
         # inputs, so the host does not wait for the GPU.
         position_ids, _ = self.model.model.get_rope_index(
             input_ids=input_ids, mm_token_type_ids=mm_token_type_ids, attention_mask=attention_mask, **grids
         )
-        layout = packed_layout(attention_mask, prefix_length) if prefix_cache is not None else None
         input_ids, attention_mask, position_ids = (
             tensor.to(self.device, non_blocking=True) for tensor in (input_ids, attention_mask, position_ids)
         )
@@ -295,11 +273,7 @@ class FastDecoder:
         try:
             slot = self._slot(rows, length, max_new, penalty, eos)
             self._reset(slot, input_ids, attention_mask)
-            if prefix_cache is not None:
-                layout = [tensor.to(self.device, non_blocking=True) for tensor in layout]
-                logits = self._prefill_packed(slot, input_ids, position_ids, prefix_cache, prefix_length, layout)
-            else:
-                logits = self._prefill(slot, input_ids, position_ids, vision or {})
+            logits = self._prefill(slot, input_ids, position_ids, vision)
             choose_next(slot, logits, slice(0, batch))
             slot.positions[:, :batch, 0] = position_ids[:, :, -1] + 1  # decoding goes on after the last prompt
             slot.write_index[:batch] = prompt_length
@@ -341,21 +315,6 @@ class FastDecoder:
             ).logits[:, -1]
         finally:
             slot.cache.prefill_at = None
-
-    def _prefill_packed(self, slot: DecodeSlot, input_ids, position_ids, prefix_cache, prefix_length, layout):
-        """With a video's prefix: its questions prefilled packed against one prefix copy (packed_prefill.py),
-        then the prefix and each question's keys and values written into the question's row as the left-padded
-        layout has them; returns each row's last logits [B, V]."""
-        batch = input_ids.shape[0]
-        rows, columns = layout
-        logits, packed = prefill_packed(self.model, input_ids, position_ids, rows, columns, prefix_cache, prefix_length)
-        for index, ((keys, values), layer) in enumerate(zip(slot.cache.layers, prefix_cache.layers, strict=True)):
-            keys[:batch, :, :prefix_length] = layer.keys  # [1, H, P, D] broadcast over the rows
-            values[:batch, :, :prefix_length] = layer.values
-            own_keys, own_values = packed.packed[index]  # [1, H, N, D]
-            keys[rows, :, columns] = own_keys[0].transpose(0, 1)  # [N, H, D]
-            values[rows, :, columns] = own_values[0].transpose(0, 1)
-        return logits
 
     def _decode(self, slot: DecodeSlot, batch: int, max_new: int, penalty, eos) -> list[list[int]]:
         """Run decode steps until every row has ended or generated max_new tokens; drop finished rows on the way."""
@@ -411,6 +370,26 @@ class FastDecoder:
 
     def _stage(self, name: str):
         return self.timer.stage(name) if self.timer is not None else nullcontext()
+
+
+def capture_step(step, state: list[torch.Tensor], pool) -> "torch.cuda.CUDAGraph":
+    """`step()` recorded as a CUDA graph. The warm-up steps run for real, so `state` (the tensors a step reads and
+    advances) is saved before and restored after; their cache writes land in slots the next real steps overwrite
+    before anything reads them."""
+    saved = [tensor.clone() for tensor in state]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(WARMUP_STEPS):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    for tensor, value in zip(state, saved, strict=True):
+        tensor.copy_(value)
+    graph = torch.cuda.CUDAGraph()
+    # thread_local: the background threads preparing videos (pinning memory) may call CUDA meanwhile.
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+        step()
+    return graph
 
 
 def choose_next(slot: DecodeSlot, logits: torch.Tensor, rows=slice(None)) -> None:

@@ -6,8 +6,9 @@ Two paths give token-identical answers:
 - shared prefix: the vision encoder and the prefill of the prompt prefix every question of a video shares
   (system prompt and video tokens) run once per video; each question then prefills only its own tokens,
   from a copy of the prefix's KV cache.
-Either path generates with transformers' `generate`, or, given a `decoder` (decode.FastDecoder), with its
-static-cache loop; both give the same tokens (tests/test_decode.py).
+Either path generates with transformers' `generate`. The fast decoder gives the same tokens
+(tests/test_decode.py, tests/test_arena.py): the plain path's with its static-cache loop (decode.FastDecoder),
+the shared prefix's with its arena, where the questions of several videos decode together (arena.py).
 """
 
 import copy
@@ -280,11 +281,11 @@ def prefill_prefix(model, processor, video: VideoFrames, prefix_text: str, posit
 
 @torch.inference_mode()
 def generate_from_prefix(
-    model, processor, prefix: VideoPrefix, texts: list[str], max_new_tokens: int, decoding=None, decoder=None
+    model, processor, prefix: VideoPrefix, texts: list[str], max_new_tokens: int, decoding=None
 ) -> list[str]:
-    """Answers to chat texts that start with `prefix.text`, prefilling only what follows it. `decoding`: the
-    run's generation config; with a `decoder` (decode.FastDecoder) its static-cache loop generates instead of
-    transformers' generate.
+    """Answers to chat texts that start with `prefix.text`, prefilling only what follows it, by transformers'
+    generate (the fast decoder answers such questions in its arena: arena.py). `decoding`: the run's generation
+    config.
 
     Row r of the batch is [prefix tokens | left padding | its own tokens]; the attention mask hides the
     padding, and the M-RoPE positions are computed from the whole prompt (the grids are passed for that),
@@ -292,13 +293,25 @@ def generate_from_prefix(
     Qwen4-Exp) would fold the padding into their state, so there each row's own tokens are prefilled without
     padding first (prefix_cache.batch_cache).
     """
+    own, rows, grids = question_rows(processor, prefix, texts)
+    length = rows["input_ids"].shape[1]
+    config = greedy(model, processor, max_new_tokens, decoding)
+    cache = batch_cache(model, prefix.cache, prefix.inputs, own, grids)
+    model.model.rope_deltas = None  # recomputed from the full prompts, not left over from the prefix pass
+    output = model.generate(**to_device(rows | grids, model.device), cache=cache, generation_config=config)
+    return new_text(processor, output, length)
+
+
+def question_rows(processor, prefix: VideoPrefix, texts: list[str]) -> tuple[list[list[int]], dict, dict]:
+    """The questions' own token ids (each text after `prefix.text`), their left-padded rows [prefix | left
+    padding | own tokens] (input_ids, attention_mask, mm_token_type_ids [B, L], on the CPU) and the rows' grids
+    (video_grid_thw, and second_per_grid_ts where the model has it), from which their positions are computed."""
     tokenizer = processor.tokenizer
     own = []
     for text in texts:
         if not text.startswith(prefix.text):
             raise ValueError("a chat text does not start with the video's shared prefix")
         own.append(tokenizer(text[len(prefix.text) :], add_special_tokens=False)["input_ids"])
-    device = model.device
     batch, prefix_length, own_length = len(texts), prefix.inputs["input_ids"].shape[1], max(map(len, own))
     length = prefix_length + own_length
     input_ids = torch.full((batch, length), tokenizer.pad_token_id, dtype=torch.long)  # [B, L]
@@ -313,18 +326,8 @@ def generate_from_prefix(
     grids = {"video_grid_thw": prefix.inputs["video_grid_thw"].repeat(batch, 1)}
     if "second_per_grid_ts" in prefix.inputs:
         grids["second_per_grid_ts"] = prefix.inputs["second_per_grid_ts"].repeat(batch)
-
-    config = greedy(model, processor, max_new_tokens, decoding)
-    if decoder is not None:  # positions are computed from the CPU tensors, so nothing waits for the GPU
-        tokens = decoder.generate(input_ids, attention_mask, mm_token_type_ids, config, grids, prefix.cache)
-        return token_text(processor, tokens)
-    cache = batch_cache(model, prefix.cache, prefix.inputs, own, grids)
-    model.model.rope_deltas = None  # recomputed from the full prompts, not left over from the prefix pass
     rows = {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_token_type_ids}
-    output = model.generate(
-        **{key: value.to(device) for key, value in (rows | grids).items()}, cache=cache, generation_config=config
-    )
-    return new_text(processor, output, length)
+    return own, rows, grids
 
 
 def video_token_count(processor, video: VideoFrames, video_input: str = "video") -> int:

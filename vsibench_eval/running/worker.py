@@ -1,9 +1,11 @@
-"""One worker's job: answer a shard of questions video by video (decode -> prompts -> answers -> records),
-appending each finished batch to its shard file. The CPU's work for the next videos (video_prep.py) runs in
-background threads while the model answers the current one. A spawned worker process loads its model
-(evaluate_shard -> evaluate_questions); the Python API answers with a model the caller holds, in its own process
-(evaluate_in_process); both then take the same steps (answer_shard). A served model (backend openai) is asked
-through its server (answer_served_shard): the same videos, batches and records, another answerer.
+"""One worker's job: answer a shard of questions (decode -> prompts -> answers -> records), appending each
+finished batch of records to its shard file: video by video (answering.py), or, where the fast decoder answers
+from shared prefixes, the questions of several videos decoded together (continuous.py). The CPU's work for the
+next videos (video_prep.py) runs in background threads while the model answers the current ones. A spawned worker
+process loads its model (evaluate_shard -> evaluate_questions); the Python API answers with a model the caller
+holds, in its own process (evaluate_in_process); both then take the same steps (answer_shard). A served model
+(backend openai) is asked through its server (answer_served_shard): the same videos, batches and records, another
+answerer.
 """
 
 import json
@@ -14,15 +16,13 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import torch
 import transformers
 
-from vsibench_eval.inputs.cogmap import format_cognitive_map, parse_cognitive_map
-from vsibench_eval.inputs.frames import VideoFrames
 from vsibench_eval.inputs.prompts import load_prompt_template
 from vsibench_eval.inputs.questions import group_by_video
 from vsibench_eval.model.decode import FastDecoder, unsupported_reason
@@ -30,24 +30,18 @@ from vsibench_eval.model.families import patch_factor
 from vsibench_eval.model.generation import (
     StageTimer,
     decoding_config,
-    generate_from_prefix,
-    generate_plain,
     generation_settings,
     greedy,
     lent_model,
     load_model,
-    prefill_prefix,
-    processor_inputs,
-    shared_prefix_text,
-    video_token_count,
 )
 from vsibench_eval.model.hub import local_model_path
-from vsibench_eval.model.positions import compare_positions
 from vsibench_eval.model.prefix_cache import prefix_reuse_problem
 from vsibench_eval.model.served import ServerUnreachable, served_worker
 from vsibench_eval.run_dir.directory import setup_logging
 from vsibench_eval.run_dir.files import ShardFile, WriteError, atomic_write
-from vsibench_eval.run_dir.records import result_record
+from vsibench_eval.running.answering import Worker, answer_video, video_answerer
+from vsibench_eval.running.continuous import answer_videos_together, make_arena
 from vsibench_eval.running.stopping import (
     SERVER_UNREACHABLE,
     WRITE_FAILED,
@@ -57,15 +51,7 @@ from vsibench_eval.running.stopping import (
     stop_signals_interrupt,
     stop_with_parent,
 )
-from vsibench_eval.running.video_prep import (
-    DecodedVideo,
-    decoded_videos,
-    model_text,
-    prepare_prefix,
-    question_prompts,
-    video_texts,
-    video_threads,
-)
+from vsibench_eval.running.video_prep import decoded_videos, prepare_prefix, video_threads
 from vsibench_eval.settings.config import EvalConfig
 
 
@@ -114,21 +100,6 @@ def evaluate_shard(
 WAIT_WORTH_LOGGING = 0.1  # seconds the model may wait for a video's frames before the log says so
 
 
-@dataclass
-class Worker:
-    """What a worker holds for its whole shard."""
-
-    rank: int
-    config: EvalConfig
-    template: dict | None  # the user's prompt template, for prompt_type custom
-    log: logging.Logger
-    answerer: object  # (video, video error, texts, prepared) -> (a function answering a batch of texts, video error)
-    factor: int  # frames' sides are multiples of it (the model's patch size x merge size)
-    processor: object = None  # the model's processor; None for a served model (its server formats the chat)
-    model: object = None  # the model in this process, if any
-    timer: StageTimer | None = None  # where the time goes
-
-
 def evaluate_questions(rank, device, config, questions, done_ids, run_dir: Path, log, compare_first: bool) -> None:
     """Load the model (a Hub id from the snapshot the parent resolved), then answer the shard (answer_shard); or,
     for a served model, answer it through its server (answer_served_shard)."""
@@ -175,16 +146,25 @@ def answer_shard(rank, model, processor, info, config, questions, done_ids, run_
     timer = StageTimer(model)
     try:
         decoder, info["decoder"] = choose_decoder(model, processor, config, decoding, timer)
-        log.info(f"worker {rank}: decoder {info['decoder']}")
+        arena = None
+        if decoder is not None and config.shared_prefix and config.video_input == "video":
+            arena = make_arena(model, processor, config, decoding, timer, todo)
+            log.info(
+                f"worker {rank}: decoder fast, the questions of several videos decoded together: {arena.rows} rows, "
+                f"prefixes of up to {arena.prefix_videos} videos, within {config.batch_tokens} cache slots"
+            )
+        else:
+            log.info(f"worker {rank}: decoder {info['decoder']}")
         settings = {"config": config, "decoding": decoding, "decoder": decoder, "timer": timer}
         answerer = partial(video_answerer, model, processor, **settings)
         factor = processor.video_processor.patch_size * processor.video_processor.merge_size
-        worker = Worker(rank, config, template, log, answerer, factor, processor, model, timer)
+        worker = Worker(rank, config, template, log, answerer, factor, processor, model, timer, arena)
         video_seconds, waited = answer_videos(worker, questions, done_ids, run_dir, compare_first, device, len(todo))
     finally:
         timer.remove()  # a model lent by the caller keeps no hooks
-    if decoder is not None and decoder.graph_failure:
-        log.warning(f"worker {rank}: CUDA graphs turned off, decoding eagerly: {decoder.graph_failure}")
+    for fast in (decoder, arena):
+        if fast is not None and fast.graph_failure:
+            log.warning(f"worker {rank}: CUDA graphs turned off, decoding eagerly: {fast.graph_failure}")
     info |= {"device": device_name, "prefill_tokens": timer.prefill_tokens}
     info |= {"decode_steps": timer.decode_steps, "decoded_tokens": timer.decoded_tokens}
     seconds = {"video_decoding": video_seconds, **timer.seconds, "waiting_for_frames": waited}
@@ -230,8 +210,9 @@ def write_report(rank, run_dir: Path, log, todo: list[dict], info: dict, seconds
 
 
 def answer_videos(worker: Worker, questions, done_ids, run_dir: Path, compare_first, device: str, todo: int):
-    """The per-video loop: decode (next videos in background threads) -> answers -> one shard append per batch.
-    Returns the seconds spent decoding videos (in the background) and those the model waited for frames."""
+    """Decode the videos (the next ones in background threads), answer them, and append each finished batch of
+    records to the shard file. Returns the seconds spent decoding videos (in the background) and those the model
+    waited for frames."""
     groups = {path: qs for path, qs in group_by_video(questions).items() if any(q["id"] not in done_ids for q in qs)}
     prepare = None
     if worker.model is not None:
@@ -239,100 +220,48 @@ def answer_videos(worker: Worker, questions, done_ids, run_dir: Path, compare_fi
         prepare = partial(prepare_prefix, worker.config, worker.template, worker.processor, groups, local, pin)
     threads = video_threads(device, worker.config)
     worker.log.info(f"worker {worker.rank}: {threads} background threads prepare videos")
-    video_seconds, waited, rank, answered, started = 0.0, 0.0, worker.rank, 0, time.perf_counter()
-    with ShardFile(run_dir / "shards" / f"shard_{rank}.jsonl") as shard:  # the parent shows the run's progress
+    seconds = {"video_decoding": 0.0, "waiting_for_frames": 0.0}
+
+    def videos():
         for decoded in decoded_videos(list(groups), worker.config, worker.factor, prepare, threads):
-            video_seconds += decoded.seconds
-            waited += decoded.waited
+            seconds["video_decoding"] += decoded.seconds
+            seconds["waiting_for_frames"] += decoded.waited
             if decoded.waited >= WAIT_WORTH_LOGGING:
                 idle = "the GPU" if device.startswith("cuda") else "the model"
-                worker.log.info(f"worker {rank}: {idle} waited {decoded.waited:.2f}s for the frames of {decoded.path}")
+                waited = f"{idle} waited {decoded.waited:.2f}s for the frames of {decoded.path}"
+                worker.log.info(f"worker {worker.rank}: {waited}")
             if decoded.prefix is not None:
                 worker.timer.add("processor", decoded.prefix.seconds)
-            for records in answer_video(worker, groups[decoded.path], decoded, done_ids, compare_first):
-                if parent_gone():  # never append for a parent that is gone: a resume may own the run now
-                    raise Interrupted(signal.SIGTERM)
-                shard.append(records)  # one write per batch: a crash loses at most the batch in flight
-                pause_after_first_flush(rank)
-                answered += len(records)
-            rate = answered / (time.perf_counter() - started)
-            worker.log.info(f"worker {rank}: {decoded.path} done; {answered}/{todo} questions, {rate:.2f} questions/s")
-            compare_first = compare_first and decoded.video is None  # the first video that decodes is compared
-    return video_seconds, waited
+            yield decoded
+
+    if worker.arena is not None:
+        batches = answer_videos_together(worker, videos(), groups, done_ids, compare_first)
+    else:
+        batches = answer_each_video(worker, videos(), groups, done_ids, compare_first)
+    path_of = {q["id"]: path for path, qs in groups.items() for q in qs}
+    left = {path: sum(q["id"] not in done_ids for q in qs) for path, qs in groups.items()}
+    rank, answered, started = worker.rank, 0, time.perf_counter()
+    with ShardFile(run_dir / "shards" / f"shard_{rank}.jsonl") as shard:  # the parent shows the run's progress
+        for records in batches:
+            if parent_gone():  # never append for a parent that is gone: a resume may own the run now
+                raise Interrupted(signal.SIGTERM)
+            shard.append(records)  # one write per batch: a crash loses at most the batches in flight
+            pause_after_first_flush(rank)
+            answered += len(records)
+            for record in records:
+                path = path_of[record["id"]]
+                left[path] -= 1
+                if left[path] == 0:
+                    rate = answered / (time.perf_counter() - started)
+                    worker.log.info(f"worker {rank}: {path} done; {answered}/{todo} questions, {rate:.2f} questions/s")
+    return seconds["video_decoding"], seconds["waiting_for_frames"]
 
 
-def answer_video(worker: Worker, questions, decoded: DecodedVideo, done_ids, compare_positions_first):
-    """Yield the records of each finished batch of one video's questions (a failed video gives error records).
-
-    The batches (question_batches) are the same in every run, so a resumed run skips the batches already
-    written and recomputes a torn one whole: results equal those of an uninterrupted run.
-    """
-    config, log, video, video_error = worker.config, worker.log, decoded.video, decoded.error
-    if video_error:
-        log.error(f"worker {worker.rank}: {video_error}; its {len(questions)} questions score 0")
-    images = len(video.frames) if video is not None and config.video_input == "images" else 0
-    prompts, texts, map_text = video_texts(worker.config, worker.template, worker.processor, questions, images)
-    all_texts = [*texts.values(), *([map_text] if map_text else [])]
-    answer_texts, video_error = worker.answerer(video, video_error, all_texts, prepared=decoded.prefix)
-    if video_error and video is not None:
-        log.error(f"worker {worker.rank}: {questions[0]['video_path']}: {video_error}")
-    generate_map = None
-    if map_text and not video_error:
-        generate_map = partial(answer_texts, [map_text], max_new_tokens=config.cogmap_max_new_tokens)
-    cogmaps = cognitive_maps(config, questions, generate_map)
-    if config.use_cognitive_map:  # each question's map goes between the pre-prompt and the question
-        prompts = question_prompts(worker.config, worker.template, questions, cogmaps)
-        texts = {qid: model_text(worker.processor, text, config.system_prompt, images) for qid, text in prompts.items()}
-    if compare_positions_first and not video_error and worker.model is not None:
-        log_position_comparison(worker, video, questions[0]["id"], texts[questions[0]["id"]])
-
-    row_tokens = None
-    if video is not None and worker.processor is not None:
-        row_tokens = video_token_count(worker.processor, video, config.video_input) + config.max_new_tokens
-    for rows in question_batches(len(questions), config.batch_size, config.batch_tokens, row_tokens):
-        batch = questions[rows.start : rows.stop]
-        if all(q["id"] in done_ids for q in batch):
-            continue
-        if video_error:
-            answers = [("", video_error, {})] * len(batch)
-        else:
-            answers = answer_batch_or_error(worker, answer_texts, batch, [texts[q["id"]] for q in batch])
-        yield [
-            result_record(
-                question, prompts[question["id"]], prediction, video, error, cogmaps[question["id"]], config.answer_span
-            )
-            | provenance
-            for question, (prediction, error, provenance) in zip(batch, answers, strict=True)
-            if question["id"] not in done_ids
-        ]
-
-
-def question_batches(count: int, batch_size: int, batch_tokens: int, row_tokens: int | None) -> list[range]:
-    """The batches of a video's `count` questions: as few as `batch_size` rows and `batch_tokens` cache tokens
-    (rows x `row_tokens`, when known) allow, in order, their sizes differing by at most one (no small tail).
-    They depend only on the video and the settings, so every run forms the same ones (resume relies on it)."""
-    most = batch_size if row_tokens is None else max(1, min(batch_size, batch_tokens // row_tokens))
-    batches = -(-count // most)
-    size, larger = divmod(count, batches) if count else (0, 0)
-    starts = [b * size + min(b, larger) for b in range(batches + 1)]
-    return [range(starts[b], starts[b + 1]) for b in range(batches)]
-
-
-def log_position_comparison(worker: Worker, video: VideoFrames, question_id: int, text: str) -> None:
-    """Log whether transformers' own M-RoPE positions follow the published rule on this prompt."""
-    inputs = processor_inputs(worker.processor, video, [text], worker.config.position_fps, worker.config.video_input)
-    comparison = compare_positions(worker.model, inputs.to(worker.model.device))
-    worker.log.info(f"positions on the run's first prompt (id {question_id}): {comparison}")
-
-
-def answer_batch_or_error(worker: Worker, answer_texts, batch: list[dict], texts: list[str]):
-    """(prediction, error, provenance) per question (answer_batch); each question that failed is logged by id, and
-    the run goes on (an unreachable server stops it: ServerUnreachable)."""
-    answers = answer_batch(answer_texts, texts)
-    for question, (_, error, _) in zip(batch, answers, strict=True):
-        if error:
-            worker.log.error(f"worker {worker.rank}: id {question['id']}: {error}")
-    return answers
+def answer_each_video(worker: Worker, videos, groups: dict, done_ids, compare_first: bool):
+    """Yield the records of each finished batch, video by video (answering.answer_video)."""
+    for decoded in videos:
+        yield from answer_video(worker, groups[decoded.path], decoded, done_ids, compare_first)
+        compare_first = compare_first and decoded.video is None  # the first video that decodes is compared
 
 
 def choose_decoder(model, processor, config: EvalConfig, decoding, timer) -> tuple[FastDecoder | None, str]:
@@ -344,92 +273,3 @@ def choose_decoder(model, processor, config: EvalConfig, decoding, timer) -> tup
     if reason:
         return None, f"hf (fast not used: {reason})"
     return FastDecoder(model, timer=timer), "fast"
-
-
-def answer_batch(generate_batch, prompts: list[str]) -> list[tuple[str, str | None, dict]]:
-    """(prediction, error, provenance) per prompt: `generate_batch` gives a prediction per prompt, or that triple
-    (a served model's). A batch that runs out of GPU memory is retried in halves, down to single questions, before
-    the error is recorded. A batch that fails for any other reason (e.g. one question too long for the model) is
-    retried one question at a time, so that only the questions that fail get the error; each such failure is
-    logged with its traceback. A server that stays unreachable stops the run (ServerUnreachable)."""
-    try:
-        return [as_answer(output) for output in generate_batch(prompts)]
-    except torch.OutOfMemoryError as error:
-        if len(prompts) == 1:
-            return [("", f"out of memory: {error}", {})]
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        half = len(prompts) // 2
-        return answer_batch(generate_batch, prompts[:half]) + answer_batch(generate_batch, prompts[half:])
-    except ServerUnreachable:
-        raise
-    except Exception as failure:
-        error = f"generation failed: {type(failure).__name__}: {failure}"
-        retry = "; answering its questions one at a time" if len(prompts) > 1 else ""
-        logging.getLogger("eval_qwen").warning(f"a batch of {len(prompts)}: {error}{retry}", exc_info=True)
-        if len(prompts) == 1:
-            return [("", error, {})]
-        return [answer for prompt in prompts for answer in answer_batch(generate_batch, [prompt])]
-
-
-def as_answer(output) -> tuple[str, str | None, dict]:
-    """(prediction, error, provenance) of one output: a prediction text, or already that triple."""
-    return output if isinstance(output, tuple) else (output, None, {})
-
-
-def video_answerer(
-    model,
-    processor,
-    video: VideoFrames | None,
-    video_error: str | None,
-    texts,
-    config,
-    decoding=None,
-    decoder=None,
-    prepared=None,
-    timer=None,
-):
-    """A function answering a batch of this video's chat texts, and the video's error if it has one; `decoding`
-    is the run's generation config (generation.decoding_config), `decoder` the fast decode loop when it applies.
-
-    With shared_prefix the video's encoder pass and shared prefix are computed here, once, from the `prepared`
-    processor inputs when a background thread made them (PreparedPrefix). `timer`: a StageTimer."""
-    if video is None:
-        return None, video_error
-    settings = {"max_new_tokens": config.max_new_tokens, "decoding": decoding, "decoder": decoder}
-    plain = partial(generate_plain, model, processor, video, position_fps=config.position_fps)
-    plain = partial(plain, video_input=config.video_input)
-    prefix_text = shared_prefix_text(texts) if config.shared_prefix else None
-    if prefix_text is None:
-        return partial(plain, **settings, timer=timer), None
-    inputs = prepared.inputs if prepared is not None and prepared.text == prefix_text else None
-    try:
-        prefix = prefill_prefix(model, processor, video, prefix_text, config.position_fps, inputs, timer)
-    except Exception as failure:
-        return None, f"video prefix failed: {type(failure).__name__}: {failure}"
-    return partial(generate_from_prefix, model, processor, prefix, **settings), None
-
-
-def cognitive_maps(config: EvalConfig, questions: list[dict], generate_map) -> dict[int, tuple[str | None, str]]:
-    """(map text, source) of each question: its offloaded map, else the video's generated one (made once
-    by `generate_map` when given), else (None, "none")."""
-    if not config.use_cognitive_map:
-        return {q["id"]: (None, "none") for q in questions}
-    maps = {q["id"]: (q["offloaded_cogmap"], "offloaded") for q in questions if q.get("offloaded_cogmap")}
-    generated = (None, "none")
-    if generate_map is not None:
-        log = logging.getLogger("eval_qwen")
-        try:
-            (output,) = generate_map()
-            output, error, _ = as_answer(output)
-        except ServerUnreachable:
-            raise
-        except Exception as failure:  # e.g. out of memory: the questions go on without a map
-            output, error = "", f"{type(failure).__name__}: {failure}"
-        parsed = parse_cognitive_map(output)
-        if parsed:
-            generated = (format_cognitive_map(parsed), "generated")
-        else:
-            scene = questions[0]["scene_name"]
-            log.warning(f"{scene}: no readable cognitive map in the model's output ({error or output[:120]!r})")
-    return {q["id"]: maps.get(q["id"], generated) for q in questions}
