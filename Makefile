@@ -49,7 +49,7 @@ test-latest:
 # rotary positions and the shared-prefix path selection, against the fast tests named in pyproject.toml.
 # Fails when a mutant survives that mutation_survivors.txt does not explain.
 MUTATED := "vsibench_eval.metric.*" "vsibench_eval.inputs.frames.*" "vsibench_eval.model.positions.*" \
-	"vsibench_eval.model.generation.x_shared_prefix_text*" "vsibench_eval.running.worker.x_video_answerer*"
+	"vsibench_eval.model.generation.x_shared_prefix_text*" "vsibench_eval.running.answering.x_video_answerer*"
 
 mutation: $(VENV)/installed
 	$(VENV)/bin/pip install --quiet mutmut==3.8.1

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import answer_tokens, read_results, video_and_texts
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AttentionInterface, AutoModelForImageTextToText, AutoProcessor
 
 import eval_qwen
 from vsibench_eval.model import arena as arena_module
@@ -88,6 +88,13 @@ def test_every_admission_order_and_arena_size_gives_the_tokens_of_generate(demo_
 
     run_steps = ArenaDecoder._run_steps
     monkeypatch.setattr(ArenaDecoder, "_run_steps", counting)
+    attention_calls = []  # the arena's own attention, which does not copy key/value heads per query head
+
+    def counted_attention(*args, **kwargs):
+        attention_calls.append(1)
+        return arena_module.grouped_query_attention(*args, **kwargs)
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, arena_module.ARENA_ATTENTION, counted_attention)
     cases = [(1, 1), (2, 1), (3, 2), (5, 1), (7, 3), (16, 2), (32, 4)]  # (rows, prefixes the region holds)
     for seed, (rows, prefix_videos) in enumerate(cases):
         order = random.Random(seed).sample(range(3), 3)
@@ -96,6 +103,8 @@ def test_every_admission_order_and_arena_size_gives_the_tokens_of_generate(demo_
         assert not arena.videos and all(question is None for question in arena.in_row)  # all given back
         assert arena.arena.free_prefix == [(0, arena.arena.prefix_slots)]
     assert max(videos_per_step) == 3  # a step carried questions of every video
+    assert len(attention_calls) >= len(videos_per_step) * model.config.get_text_config().num_hidden_layers
+    assert model.model.language_model.config._attn_implementation == "sdpa"  # switched for the arena's passes only
 
 
 @pytest.mark.slow

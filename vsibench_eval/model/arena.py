@@ -22,12 +22,14 @@ lie (attention kernels sum the slots block by block), so a resumed run may break
 """
 
 from collections import deque
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import accumulate
 from math import ceil
 
 import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
 
 from vsibench_eval.model.decode import (
     CHECK_EVERY_ON_GPU,
@@ -39,6 +41,9 @@ from vsibench_eval.model.decode import (
 )
 from vsibench_eval.model.generation import VideoPrefix, question_rows, token_text
 
+# The attention of an arena forward: sdpa, the query heads that share a key/value head stacked as that head's
+# query rows (see grouped_query_attention); registered under this name through transformers' AttentionInterface.
+ARENA_ATTENTION = "vsibench_arena_sdpa"
 ROW_STEP = 16  # row lengths are rounded up to this
 OWN_SPARE = 1.25  # rows leave this much room over the longest question seen, so a longer one rarely forces a regrow
 
@@ -127,6 +132,35 @@ class Arena:
         self.free_prefix = merged
 
 
+def grouped_query_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """sdpa over the arena without copying each key/value head for every query head that shares it (transformers'
+    sdpa path copies them whenever a mask is given, a copy of the whole arena per layer and step): the query heads
+    of a key/value head become extra query rows of it, each with its token's mask row. The same scores and softmax.
+    query [1, Hq, T, D]; key, value [1, Hkv, S, D]; attention_mask [1, 1, T, S] (bool). Returns [1, T, Hq, D]."""
+    _, heads, tokens, dim = query.shape
+    kv_heads, slots = key.shape[1], key.shape[2]
+    groups = heads // kv_heads
+    query = query.reshape(1, kv_heads, groups * tokens, dim)  # head h uses key/value head h // groups
+    mask = attention_mask.expand(1, groups, tokens, slots).reshape(1, 1, groups * tokens, slots)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
+    return out.reshape(1, heads, tokens, dim).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ARENA_ATTENTION, grouped_query_attention)
+
+
+@contextmanager
+def arena_attention(text_config):
+    """The text layers' attention switched from sdpa to grouped_query_attention for one arena forward."""
+    used = text_config._attn_implementation
+    if used == "sdpa":
+        text_config._attn_implementation = ARENA_ATTENTION
+    try:
+        yield
+    finally:
+        text_config._attn_implementation = used
+
+
 class ArenaCache:
     """What the attention layers see during an arena forward (duck-typed for transformers' `cache.update`): the
     forward's keys and values are written to their slots, and the arena's first `extent` slots are returned."""
@@ -154,11 +188,11 @@ class ArenaDecoder:
         model,
         processor,
         generation_config,
-        rows,
-        budget_tokens,
-        prefix_videos,
-        longest_answer,
-        graphs=None,
+        rows: int,
+        budget_tokens: int,
+        prefix_videos: int,
+        longest_answer: int,
+        graphs: bool | None = None,
         timer=None,
     ):
         effective = effective_generation_config(model, generation_config)
@@ -166,12 +200,8 @@ class ArenaDecoder:
         self.penalty = effective.repetition_penalty if effective.repetition_penalty not in (None, 1.0) else None
         self.max_new = effective.max_new_tokens
         self.longest_answer = max(longest_answer, self.max_new)
-        self.model, self.processor, self.text_model, self.device = (
-            model,
-            processor,
-            model.model.language_model,
-            model.device,
-        )
+        self.model, self.processor = model, processor
+        self.text_model, self.device = model.model.language_model, model.device
         self.rows, self.budget_tokens, self.prefix_videos = rows, budget_tokens, prefix_videos
         self.graphs = self.device.type == "cuda" if graphs is None else graphs
         self.check_every = CHECK_EVERY_ON_GPU if self.graphs else 1
@@ -214,10 +244,6 @@ class ArenaDecoder:
     def busy(self) -> bool:
         return bool(self.queue) or any(question is not None for question in self.in_row)
 
-    def unfinished(self) -> list[Question]:
-        """The questions in rows or waiting, e.g. to answer another way after a failure."""
-        return [q for q in self.in_row if q is not None] + list(self.queue)
-
     def release(self) -> None:
         """Forget every question and free the arena (e.g. after running out of memory)."""
         self._drop_arena()
@@ -248,6 +274,8 @@ class ArenaDecoder:
             if self.timer is not None:
                 self.timer.count_decode(self.check_every, len(occupied))
             ended += self._harvest()
+        elif self.queue:  # an empty arena that takes none of them would wait forever
+            raise RuntimeError(f"the arena ({self.arena.slots} slots) cannot take the next question")
         texts = token_text(self.processor, [tokens for _, tokens in ended])
         return [(key, text) for (key, _), text in zip(ended, texts, strict=True)]
 
@@ -334,14 +362,15 @@ class ArenaDecoder:
         ids = torch.cat([question.own_ids for _, question in admitted]).to(device)  # [T]
         positions = torch.cat([question.positions for _, question in admitted], dim=1).to(device)  # [3, T]
         last = torch.tensor(list(accumulate(len(q.own_ids) for _, q in admitted)), device=device) - 1  # [B]
-        logits = self.model(
-            input_ids=ids[None],
-            position_ids=positions[:, None],
-            attention_mask=mask[None, None],
-            cache=ArenaCache(arena.layers, token_slot, extent),
-            use_cache=True,
-            logits_to_keep=last,
-        ).logits[0]  # [B, V]
+        with arena_attention(self.text_model.config):
+            logits = self.model(
+                input_ids=ids[None],
+                position_ids=positions[:, None],
+                attention_mask=mask[None, None],
+                cache=ArenaCache(arena.layers, token_slot, extent),
+                use_cache=True,
+                logits_to_keep=last,
+            ).logits[0]  # [B, V]
         arena.valid[row_of_token, token_slot] = True
         arena.positions[:, rows] = torch.stack([question.next_position for _, question in admitted], dim=1).to(device)
         arena.write_slot[rows] = arena.row_start[rows] + lengths
@@ -359,13 +388,14 @@ class ArenaDecoder:
         """One new token for each of the first `rows` rows; advances their inputs, with no host synchronization."""
         arena, extent = self.arena, self._extent(rows)
         arena.valid[arena.index[:rows], arena.write_slot[:rows]] = arena.true[:rows]
-        hidden = self.text_model.forward(  # .forward: no module hooks, so a graph replays exactly this
-            input_ids=arena.tokens[None, :rows],  # [1, R]
-            position_ids=arena.positions[:, None, :rows],  # [3, 1, R]
-            attention_mask=arena.valid[None, None, :rows, :extent],  # [1, 1, R, extent]
-            cache=ArenaCache(arena.layers, arena.write_slot[:rows], extent),
-            use_cache=True,
-        ).last_hidden_state  # [1, R, D]
+        with arena_attention(self.text_model.config):
+            hidden = self.text_model.forward(  # .forward: no module hooks, so a graph replays exactly this
+                input_ids=arena.tokens[None, :rows],  # [1, R]
+                position_ids=arena.positions[:, None, :rows],  # [3, 1, R]
+                attention_mask=arena.valid[None, None, :rows, :extent],  # [1, 1, R, extent]
+                cache=ArenaCache(arena.layers, arena.write_slot[:rows], extent),
+                use_cache=True,
+            ).last_hidden_state  # [1, R, D]
         choose_next(arena, self.model.lm_head(hidden[0]), arena.index[:rows])
         arena.positions[:, :rows] += 1
         torch.minimum(arena.write_slot[:rows] + 1, arena.last_slot[:rows], out=arena.write_slot[:rows])

@@ -40,7 +40,7 @@ class EvalConfig:
     num_frames: int | None = None  # frames sampled uniformly over the whole video (protocol: 32)
     fps: float | None = None  # > 0 caps the frame count at whole seconds × fps (Spatial-R1's rule); 0 disables
     target_resolution: list[int] | None = None  # resize fit: frames fit inside (H, W); spatial_r1: max(H, W) caps
-    batch_size: int = 32  # most questions of one video answered together (left padding; see batch_tokens)
+    batch_size: int = 32  # most questions answered together (the fast decoder's rows, across videos; else per video)
     shared_prefix: bool = True  # encode each video and prefill its prompt prefix once for all its questions
     max_new_tokens: int | None = None  # greedy decoding limit
     prompt_type: Literal["default", "official", "thinking", "gemini_api", "gpt4v", "custom"] | None = None  # the
@@ -89,8 +89,8 @@ class EvalConfig:
     answer_span: Literal["none", "first", "last"] | None = None  # which <answer>...</answer> span is scored
     cogmap_prompt: Literal["evaluator", "spatial_r1"] | None = None  # the prompt asking for a cognitive map
     cogmap_insert: Literal["evaluator", "spatial_r1"] | None = None  # how a map enters the question
-    decoder: Literal["hf", "fast"] = "fast"  # greedy decoding by transformers' generate or the static-cache loop
-    batch_tokens: int = 131072  # most KV-cache tokens a batch holds: rows x (video tokens + max_new_tokens)
+    decoder: Literal["hf", "fast"] = "fast"  # greedy decoding by transformers' generate or the static-cache loops
+    batch_tokens: int = 131072  # most KV-cache tokens: the fast decoder's arena, or a batch: rows x (video + new)
     progress_seconds: float = 30  # seconds between two progress lines when stderr is not a terminal (a log file)
     video_input: Literal["video", "images"] | None = None  # the frames as one video, or one image per frame in order
     backend: Literal["transformers", "openai"] = "transformers"  # who answers: transformers in this evaluator's
