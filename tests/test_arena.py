@@ -82,12 +82,12 @@ def test_every_admission_order_and_arena_size_gives_the_tokens_of_generate(demo_
 
     videos_per_step = []
 
-    def counting(self, rows, steps):
+    def counting(self, holder, step, steps):
         videos_per_step.append(len({question.video for question in self.in_row if question is not None}))
-        return run_steps(self, rows, steps)
+        return run_steps(self, holder, step, steps)
 
-    run_steps = ArenaDecoder._run_steps
-    monkeypatch.setattr(ArenaDecoder, "_run_steps", counting)
+    run_steps = ArenaDecoder.run_steps
+    monkeypatch.setattr(ArenaDecoder, "run_steps", counting)
     attention_calls = []  # the arena's own attention, which does not copy key/value heads per query head
 
     def counted_attention(*args, **kwargs):

@@ -24,6 +24,7 @@ lie (attention kernels sum the slots block by block), so a resumed run may break
 from collections import deque
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from itertools import accumulate
 from math import ceil
 
@@ -32,8 +33,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 
 from vsibench_eval.model.decode import (
-    CHECK_EVERY_ON_GPU,
-    capture_step,
+    GraphedSteps,
     effective_generation_config,
     end_token_ids,
     round_up,
@@ -175,7 +175,7 @@ class ArenaCache:
         return keys[:, :, : self.extent], values[:, :, : self.extent]
 
 
-class ArenaDecoder:
+class ArenaDecoder(GraphedSteps):
     """Greedy answers to questions about many videos, decoded together (see the module's doc); one per worker.
 
     `rows`: the arena's rows; `budget_tokens`: the most cache slots it may hold; `prefix_videos`: how many video
@@ -203,10 +203,7 @@ class ArenaDecoder:
         self.model, self.processor = model, processor
         self.text_model, self.device = model.model.language_model, model.device
         self.rows, self.budget_tokens, self.prefix_videos = rows, budget_tokens, prefix_videos
-        self.graphs = self.device.type == "cuda" if graphs is None else graphs
-        self.check_every = CHECK_EVERY_ON_GPU if self.graphs else 1
-        self.graph_pool = torch.cuda.graph_pool_handle() if self.graphs else None
-        self.graph_failure: str | None = None  # why graphs were turned off, if capturing failed
+        super().__init__(self.device, graphs)
         self.timer = timer
         self.arena: Arena | None = None
         self.videos: dict[int, Video] = {}  # by id(prefix)
@@ -251,8 +248,7 @@ class ArenaDecoder:
 
     def _drop_arena(self) -> None:
         self.arena = None
-        if self.graphs:  # the old pool dies with its graph; capturing into it again trips an allocator assert
-            self.graph_pool = torch.cuda.graph_pool_handle()
+        self.new_graph_pool()
 
     @torch.inference_mode()
     def fill(self) -> None:
@@ -270,7 +266,7 @@ class ArenaDecoder:
         if occupied:
             rows = self._rows_in_step(occupied)
             with self._stage("generation"):
-                self._run_steps(rows, self.check_every)
+                self.run_steps(self.arena, partial(self._step, rows), self.check_every)
             if self.timer is not None:
                 self.timer.count_decode(self.check_every, len(occupied))
             ended += self._harvest()
@@ -399,20 +395,6 @@ class ArenaDecoder:
         choose_next(arena, self.model.lm_head(hidden[0]), arena.index[:rows])
         arena.positions[:, :rows] += 1
         torch.minimum(arena.write_slot[:rows] + 1, arena.last_slot[:rows], out=arena.write_slot[:rows])
-
-    def _run_steps(self, rows: int, steps: int) -> None:
-        arena = self.arena
-        if self.graphs and arena.graph is None:
-            try:
-                arena.graph = capture_step(lambda: self._step(rows), arena.state(), self.graph_pool)
-            except Exception as failure:  # keep answering, eagerly, and say why
-                self.graphs, self.graph_failure = False, f"{type(failure).__name__}: {failure}"
-                torch.cuda.synchronize()
-        for _ in range(steps):
-            if self.graphs:
-                arena.graph.replay()
-            else:
-                self._step(rows)
 
     def _harvest(self) -> list[tuple[object, list[int]]]:
         """The (key, tokens) of the rows whose answers ended; their rows freed, and the prefixes of finished videos."""

@@ -24,6 +24,7 @@ drop), which can change a near-tie between two tokens.
 
 from collections import OrderedDict
 from contextlib import nullcontext
+from functools import partial
 
 import torch
 
@@ -151,15 +152,46 @@ class DecodeSlot:
         return tensors + ([self.seen] if self.seen is not None else [])
 
 
-class FastDecoder:
+class GraphedSteps:
+    """What the two fast decoders share: decode steps run eagerly, or, with graphs on (the default on CUDA),
+    captured once per state holder as a CUDA graph and replayed; a capture that fails turns graphs off for good and
+    keeps the reason."""
+
+    def __init__(self, device: torch.device, graphs: bool | None):
+        self.graphs = device.type == "cuda" if graphs is None else graphs
+        self.check_every = CHECK_EVERY_ON_GPU if self.graphs else 1
+        self.graph_pool = torch.cuda.graph_pool_handle() if self.graphs else None
+        self.graph_failure: str | None = None  # why graphs were turned off, if capturing failed
+
+    def new_graph_pool(self) -> None:
+        """A fresh pool once the old one's graphs are dropped (capturing into it again trips an allocator assert)."""
+        if self.graphs:
+            self.graph_pool = torch.cuda.graph_pool_handle()
+
+    def run_steps(self, holder, step, steps: int) -> None:
+        """`steps` calls of `step()`: replays of `holder.graph`, captured over `holder.state()` on first use, when
+        graphs are on; else eager calls."""
+        if self.graphs and holder.graph is None:
+            try:
+                holder.graph = capture_step(step, holder.state(), self.graph_pool)
+            except Exception as failure:  # keep answering, eagerly, and say why
+                self.graphs, self.graph_failure = False, f"{type(failure).__name__}: {failure}"
+                torch.cuda.synchronize()
+        for _ in range(steps):
+            if self.graphs:
+                holder.graph.replay()
+            else:
+                step()
+
+
+class FastDecoder(GraphedSteps):
     """Greedy answers of a Qwen-VL model from a static KV cache; one per worker (it keeps its cache arena and
     graphs between batches). `graphs`: capture the step as CUDA graphs (default: on CUDA). `compile_step`: run
     the step through torch.compile. `timer`: an object with a `stage(name)` context manager, or None."""
 
     def __init__(self, model, graphs: bool | None = None, compile_step: bool = False, timer=None):
         self.model, self.text_model, self.device = model, model.model.language_model, model.device
-        self.graphs = self.device.type == "cuda" if graphs is None else graphs
-        self.check_every = CHECK_EVERY_ON_GPU if self.graphs else 1
+        super().__init__(self.device, graphs)
         self.length_step = LENGTH_STEP_WITH_GRAPHS if self.graphs else 1
         attention = self.text_model.layers[0].self_attn
         self.kv_heads, self.head_dim = attention.k_proj.out_features // attention.head_dim, attention.head_dim
@@ -167,10 +199,8 @@ class FastDecoder:
         self.arena: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer, flat keys and values
         self.arena_tokens = 0  # rows x length the arena holds
         self.slots: OrderedDict[tuple, DecodeSlot] = OrderedDict()
-        self.graph_pool = torch.cuda.graph_pool_handle() if self.graphs else None
         self.step = torch.compile(self._step, dynamic=True) if compile_step else self._step
         self.timer = timer
-        self.graph_failure: str | None = None  # why graphs were turned off, if capturing failed
 
     # ------------------------------------------------------------------ the step
 
@@ -210,8 +240,7 @@ class FastDecoder:
         """Free the arena and the graphs (e.g. after running out of memory)."""
         self.slots.clear()
         self.arena, self.arena_tokens = [], 0
-        if self.graphs:  # the old pool dies with its graphs; capturing into it again trips an allocator assert
-            self.graph_pool = torch.cuda.graph_pool_handle()
+        self.new_graph_pool()
 
     def _slot(self, rows: int, length: int, max_new: int, penalty, eos) -> DecodeSlot:
         key = (rows, length, max_new, penalty, eos)
@@ -224,19 +253,6 @@ class FastDecoder:
         while len(self.slots) > MAX_GRAPHS:
             self.slots.popitem(last=False)
         return slot
-
-    def _run_steps(self, slot: DecodeSlot, steps: int) -> None:
-        if self.graphs and slot.graph is None:
-            try:
-                slot.graph = capture_step(lambda: self.step(slot), slot.state(), self.graph_pool)
-            except Exception as failure:  # keep answering, eagerly, and say why
-                self.graphs, self.graph_failure = False, f"{type(failure).__name__}: {failure}"
-                torch.cuda.synchronize()
-        for _ in range(steps):
-            if self.graphs:
-                slot.graph.replay()
-            else:
-                self.step(slot)
 
     # ------------------------------------------------------------------ a batch
 
@@ -334,7 +350,7 @@ class FastDecoder:
                 original = [original[r] for r in active]
             steps = min(self.check_every, max_new - generated)
             with self._stage("generation"):
-                self._run_steps(slot, steps)
+                self.run_steps(slot, partial(self.step, slot), steps)
             if self.timer is not None:
                 self.timer.count_decode(steps, len(original))
             generated += steps
