@@ -14,7 +14,7 @@ from transformers import AttentionInterface, AutoModelForImageTextToText, AutoPr
 
 import eval_qwen
 from vsibench_eval.model import arena as arena_module
-from vsibench_eval.model.arena import ArenaDecoder
+from vsibench_eval.model.arena_decoder import ArenaDecoder
 from vsibench_eval.model.generation import generate_from_prefix, greedy, load_model, prefill_prefix, shared_prefix_text
 
 BUDGET = 131072

@@ -1,8 +1,8 @@
 """Fast greedy decoding: a static KV cache, a self-advancing decode step, CUDA graphs on GPU.
 
-This module is the plain path's decoder (every question's whole prompt, video included, prefilled) and what
-the shared-prefix path's arena (arena.py, where the questions of several videos decode together) builds on: the
-checks of what it supports, and the graph capture.
+This module is the plain path's decoder (every question's whole prompt, video included, prefilled) and what the
+shared-prefix path's arena decoder (arena_decoder.py, where the questions of several videos decode together)
+builds on: the checks of what the fast decoders support, and the graph handling.
 
 transformers' `generate` pays for every new token: Python set-up, a DynamicCache concatenated anew, a mask
 rebuilt from scratch and one kernel launch per operation (25-30 ms per step for a 7B model, where the GPU
@@ -153,9 +153,9 @@ class DecodeSlot:
 
 
 class GraphedSteps:
-    """What the two fast decoders share: decode steps run eagerly, or, with graphs on (the default on CUDA),
-    captured once per state holder as a CUDA graph and replayed; a capture that fails turns graphs off for good and
-    keeps the reason."""
+    """What the two fast decoders (FastDecoder here, arena_decoder.ArenaDecoder) share: decode steps run eagerly,
+    or, with graphs on (the default on CUDA), captured once per state holder as a CUDA graph and replayed; a
+    capture that fails turns graphs off for good and keeps the reason."""
 
     def __init__(self, device: torch.device, graphs: bool | None):
         self.graphs = device.type == "cuda" if graphs is None else graphs

@@ -8,7 +8,7 @@ Two paths give token-identical answers:
   from a copy of the prefix's KV cache.
 Either path generates with transformers' `generate`. The fast decoder gives the same tokens
 (tests/test_decode.py, tests/test_arena.py): the plain path's with its static-cache loop (decode.FastDecoder),
-the shared prefix's with its arena, where the questions of several videos decode together (arena.py).
+the shared prefix's with its arena, where the questions of several videos decode together (arena_decoder.py).
 """
 
 import copy
@@ -284,7 +284,7 @@ def generate_from_prefix(
     model, processor, prefix: VideoPrefix, texts: list[str], max_new_tokens: int, decoding=None
 ) -> list[str]:
     """Answers to chat texts that start with `prefix.text`, prefilling only what follows it, by transformers'
-    generate (the fast decoder answers such questions in its arena: arena.py). `decoding`: the run's generation
+    generate (the fast decoder answers such questions in its arena: arena_decoder.py). `decoding`: the run's generation
     config.
 
     Row r of the batch is [prefix tokens | left padding | its own tokens]; the attention mask hides the

@@ -1,9 +1,10 @@
 """The worker's loop when the fast decoder answers from shared prefixes: the questions of several videos decode
-together in one arena (model/arena.py). The next video's prefix is prefilled as soon as the arena has given a row
-to every question before it, so the rows stay full across video boundaries, and each answer's record is written as
-soon as the answer ends. A video whose texts share no video block, or whose frames or prefix failed, is answered
-on its own (answering.answer_video). If the arena fails (e.g. out of memory), the questions it had not answered,
-and every later video, are answered video by video: nothing is lost and nothing is answered twice.
+together in one arena (model/arena_decoder.py). The next video's prefix is prefilled as soon as the arena has
+given a row to every question before it, so the rows stay full across video boundaries, and each answer's record
+is written as soon as the answer ends. A video whose texts share no video block, or whose frames or prefix
+failed, is answered on its own (answering.answer_video). If the arena fails (e.g. out of memory), the questions
+it had not answered, and every later video, are answered video by video: nothing is lost and nothing is answered
+twice.
 """
 
 from collections import Counter
@@ -12,7 +13,7 @@ from math import ceil
 from statistics import median
 
 from vsibench_eval.inputs.questions import group_by_video
-from vsibench_eval.model.arena import ArenaDecoder
+from vsibench_eval.model.arena_decoder import ArenaDecoder
 from vsibench_eval.model.generation import greedy, shared_prefix_text
 from vsibench_eval.run_dir.records import result_record
 from vsibench_eval.running.answering import (
