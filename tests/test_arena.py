@@ -194,6 +194,8 @@ def test_demo_at_batch_size_64_decodes_several_videos_per_step_with_the_answers_
     fast_dir = demo_run("qwen2_5_vl", "--batch_size", "64")
     hf_dir = demo_run("qwen2_5_vl", "--decoder", "hf")
     assert read_results(fast_dir) == read_results(hf_dir)
-    (worker,) = json.loads((fast_dir / "summary.json").read_text())["workers"]
+    summary, hf_summary = (json.loads((d / "summary.json").read_text()) for d in (fast_dir, hf_dir))
+    assert summary["settings"]["batching"]["spans_videos"] and not hf_summary["settings"]["batching"]["spans_videos"]
+    (worker,) = summary["workers"]
     per_video = max(Counter(record["scene_name"] for record in read_results(fast_dir)).values())
     assert worker["decoded_tokens"] / worker["decode_steps"] > per_video  # rows of several videos in a step

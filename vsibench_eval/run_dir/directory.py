@@ -433,6 +433,10 @@ def score_settings(config: EvalConfig, workers: list[dict]) -> dict:
         "vision_attention": sorted({w.get("vision_attention", w["attention"]) for w in workers}),
         "devices": sorted({w["device"] for w in workers}),
         "decoder": sorted({w.get("decoder", "hf") for w in workers}),
-        "batching": {"batch_size": config.batch_size, "batch_tokens": config.batch_tokens},
+        "batching": {
+            "batch_size": config.batch_size,
+            "batch_tokens": config.batch_tokens,
+            "spans_videos": any(w.get("batches_span_videos", False) for w in workers),  # the fast decoder's arena
+        },
         "api": next((w["api"] for w in workers if "api" in w), None),  # a served model's server and client settings
     }

@@ -155,6 +155,7 @@ def answer_shard(rank, model, processor, info, config, questions, done_ids, run_
             )
         else:
             log.info(f"worker {rank}: decoder {info['decoder']}")
+        info["batches_span_videos"] = arena is not None
         settings = {"config": config, "decoding": decoding, "decoder": decoder, "timer": timer}
         answerer = partial(video_answerer, model, processor, **settings)
         factor = processor.video_processor.patch_size * processor.video_processor.merge_size
