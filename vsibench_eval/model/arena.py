@@ -117,16 +117,20 @@ def arena_attention(text_config):
 
 class ArenaCache:
     """What the attention layers see during an arena forward (duck-typed for transformers' `cache.update`): the
-    forward's keys and values are written to their slots, and the arena's first `extent` slots are returned."""
+    forward's keys and values are written to their slots [T], and the slots it attends over are returned: the
+    arena's first `read` slots (an int: a view, as a decode step reads), or the slots listed in `read` (a tensor
+    [S']: a copy, as a prefill reads only its questions' prefixes and rows)."""
 
-    def __init__(self, layers, slots: torch.Tensor, extent: int):
-        self.layers, self.slots, self.extent = layers, slots, extent  # slots [T]
+    def __init__(self, layers, slots: torch.Tensor, read: int | torch.Tensor):
+        self.layers, self.slots, self.read = layers, slots, read
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         keys, values = self.layers[layer_idx]  # [1, H, S, D]
         keys[0, :, self.slots] = key_states[0]  # [H, T, D]
         values[0, :, self.slots] = value_states[0]
-        return keys[:, :, : self.extent], values[:, :, : self.extent]
+        if isinstance(self.read, int):
+            return keys[:, :, : self.read], values[:, :, : self.read]
+        return keys[:, :, self.read], values[:, :, self.read]
 
 
 def choose_next(arena: Arena, logits: torch.Tensor, rows: torch.Tensor) -> None:

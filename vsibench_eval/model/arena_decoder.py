@@ -219,18 +219,18 @@ class ArenaDecoder(GraphedSteps):
         rows = torch.tensor([row for row, _ in admitted], device=device)  # [B]
         lengths = torch.tensor([len(question.own_ids) for _, question in admitted], device=device)  # [B]
         row_of_token = rows.repeat_interleave(lengths)  # [T]
-        offsets = torch.arange(len(row_of_token), device=device) - (lengths.cumsum(0) - lengths).repeat_interleave(
-            lengths
-        )
-        token_slot = arena.row_start[row_of_token] + offsets  # [T]
+        first_token = (lengths.cumsum(0) - lengths).repeat_interleave(lengths)  # [T] each row's first, packed
+        token_slot = arena.row_start[row_of_token] + torch.arange(len(row_of_token), device=device) - first_token
+        stretches = set()  # (first, end) of the slots the prefill reads: the questions' prefixes and own tokens
         for row, question in admitted:  # each row sees its video's prefix, and nothing else yet
             video = self.videos[question.video]
             arena.valid[row] = False
             arena.valid[row, video.start : video.start + video.length] = True
-        extent = self._extent(self._rows_in_step([row for row, _ in admitted]))
-        slot_ids = torch.arange(extent, device=device)
-        own = (slot_ids[None] >= arena.row_start[row_of_token][:, None]) & (slot_ids[None] <= token_slot[:, None])
-        mask = arena.valid[row_of_token, :extent] | own  # [T, extent]
+            start = int(arena.row_start[row])
+            stretches |= {(video.start, video.start + video.length), (start, start + len(question.own_ids))}
+        read = torch.cat([torch.arange(first, end) for first, end in sorted(stretches)]).to(device)  # [S']
+        own = (read[None] >= arena.row_start[row_of_token][:, None]) & (read[None] <= token_slot[:, None])
+        mask = arena.valid[row_of_token][:, read] | own  # [T, S']
         ids = torch.cat([question.own_ids for _, question in admitted]).to(device)  # [T]
         positions = torch.cat([question.positions for _, question in admitted], dim=1).to(device)  # [3, T]
         last = torch.tensor(list(accumulate(len(q.own_ids) for _, q in admitted)), device=device) - 1  # [B]
@@ -239,7 +239,7 @@ class ArenaDecoder(GraphedSteps):
                 input_ids=ids[None],
                 position_ids=positions[:, None],
                 attention_mask=mask[None, None],
-                cache=ArenaCache(arena.layers, token_slot, extent),
+                cache=ArenaCache(arena.layers, token_slot, read),
                 use_cache=True,
                 logits_to_keep=last,
             ).logits[0]  # [B, V]
