@@ -11,6 +11,7 @@ from transformers.cache_utils import LinearAttentionLayer
 
 from vsibench_eval.demo import tiny_models
 from vsibench_eval.inputs.frames import load_video
+from vsibench_eval.model.decode import FastDecoder
 from vsibench_eval.model.generation import (
     StageTimer,
     chat_text,
@@ -145,6 +146,24 @@ def test_video_answerer_picks_the_shared_or_the_plain_path(demo_dirs):
     broken = replace(video, frames=video.frames[:, :100, :100])  # not a multiple of the patch size
     answer, error = video_answerer(model, processor, broken, None, texts, config)
     assert answer is None and error.startswith("video prefix failed: RuntimeError: shape ")
+
+    # plain, with the fast decoder when one is given (token-identical to generate)
+    decoder, rows = FastDecoder(model), []
+    generate = decoder.generate
+
+    def counted(input_ids, *args, **kwargs):
+        rows.append(len(input_ids))
+        return generate(input_ids, *args, **kwargs)
+
+    decoder.generate = counted
+    plain = replace(config, shared_prefix=False)
+    answer, error = video_answerer(model, processor, video, None, texts, plain, decoder=decoder)
+    assert answer(texts[:2]) == expected and rows == [2]
+
+    # the frames as images, as asked
+    images = [chat_text(processor, "How many chairs are in this room?", images=len(video.frames))]
+    answer, error = video_answerer(model, processor, video, None, images, replace(config, video_input="images"))
+    assert answer(images) == generate_plain(model, processor, video, images, "0.5", 3, video_input="images")
 
 
 @pytest.mark.slow
