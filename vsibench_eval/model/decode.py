@@ -12,7 +12,7 @@ needs 5-6 ms); rows that finished ride along until the longest ends. Here:
   reused by every batch), laid out as the HF path lays them: [left padding | prompt | new];
 - one decode step is a fixed sequence of operations on fixed tensors that advances its own inputs (the token
   fed next, its M-RoPE position, its cache slot), so on CUDA it is captured once per shape and replayed as a
-  CUDA graph; optionally it is compiled with torch.compile;
+  CUDA graph;
 - the finished flags are read every few steps (each read waits for the GPU), and rows that finished are
   dropped once they are at least half of the batch, so a batch of long answers costs what its tokens cost.
 
@@ -186,10 +186,10 @@ class GraphedSteps:
 
 class FastDecoder(GraphedSteps):
     """Greedy answers of a Qwen-VL model from a static KV cache; one per worker (it keeps its cache arena and
-    graphs between batches). `graphs`: capture the step as CUDA graphs (default: on CUDA). `compile_step`: run
-    the step through torch.compile. `timer`: an object with a `stage(name)` context manager, or None."""
+    graphs between batches). `graphs`: capture the step as CUDA graphs (default: on CUDA). `timer`: an object
+    with a `stage(name)` context manager, or None."""
 
-    def __init__(self, model, graphs: bool | None = None, compile_step: bool = False, timer=None):
+    def __init__(self, model, graphs: bool | None = None, timer=None):
         self.model, self.text_model, self.device = model, model.model.language_model, model.device
         super().__init__(self.device, graphs)
         self.length_step = LENGTH_STEP_WITH_GRAPHS if self.graphs else 1
@@ -199,7 +199,7 @@ class FastDecoder(GraphedSteps):
         self.arena: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer, flat keys and values
         self.arena_tokens = 0  # rows x length the arena holds
         self.slots: OrderedDict[tuple, DecodeSlot] = OrderedDict()
-        self.step = torch.compile(self._step, dynamic=True) if compile_step else self._step
+        self.step = self._step  # what a decode step runs (a torch.compile'd step may replace it: tests do)
         self.timer = timer
 
     # ------------------------------------------------------------------ the step
