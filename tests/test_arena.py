@@ -20,13 +20,17 @@ from vsibench_eval.model.generation import generate_from_prefix, greedy, load_mo
 BUDGET = 131072
 
 
-def three_videos(demo, model, processor, questions: int = 6) -> list[tuple]:
-    """(prefix, texts) of the demo's first three videos: prompts of different lengths, prefixes of 3 sizes."""
+def model_and_videos(demo_dirs, family: str, monkeypatch, questions: int) -> tuple:
+    """The family's demo model and processor (answers as token ids), and (prefix, texts) of the demo's first three
+    videos: prompts of different lengths, prefixes of 3 sizes."""
+    demo = demo_dirs(family)
+    model, processor, _ = load_model(str(demo / "model"), "cpu")
+    answer_tokens(model, processor, monkeypatch)
     videos = []
     for number in (0, 1, 2):
         video, texts = video_and_texts(demo, processor, number)
         videos.append((prefill_prefix(model, processor, video, shared_prefix_text(texts), "2.0"), texts[:questions]))
-    return videos
+    return model, processor, videos
 
 
 def generate_answers(model, processor, videos, max_new_tokens: int, one_by_one: bool = False) -> dict:
@@ -70,10 +74,7 @@ def end_early(model, processor, videos, max_new_tokens: int) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_every_admission_order_and_arena_size_gives_the_tokens_of_generate(demo_dirs, family, monkeypatch):
-    demo = demo_dirs(family)
-    model, processor, _ = load_model(str(demo / "model"), "cpu")
-    answer_tokens(model, processor, monkeypatch)
-    videos = three_videos(demo, model, processor)
+    model, processor, videos = model_and_videos(demo_dirs, family, monkeypatch, questions=6)
     end_early(model, processor, videos, 12)
     answer_tokens(model, processor, monkeypatch)  # the new end tokens
     expected = generate_answers(model, processor, videos, 12)
@@ -113,10 +114,7 @@ def test_repetition_penalty_and_each_questions_own_limit(demo_dirs, monkeypatch)
     # does for a question alone (in a left-padded batch, generate also penalizes the padding token in the rows
     # that have padding, so a row's answer there depends on its neighbours); a question added with its own limit
     # (a cognitive map's) stops there.
-    demo = demo_dirs("qwen2_5_vl")
-    model, processor, _ = load_model(str(demo / "model"), "cpu")
-    answer_tokens(model, processor, monkeypatch)
-    videos = three_videos(demo, model, processor, questions=4)
+    model, processor, videos = model_and_videos(demo_dirs, "qwen2_5_vl", monkeypatch, questions=4)
     unpenalized = generate_answers(model, processor, videos, 12, one_by_one=True)
     model.generation_config.repetition_penalty = 1.5
     expected = generate_answers(model, processor, videos, 12, one_by_one=True)
@@ -133,10 +131,7 @@ def test_repetition_penalty_and_each_questions_own_limit(demo_dirs, monkeypatch)
 
 @pytest.mark.slow
 def test_a_small_budget_and_a_longer_question_resize_the_arena(demo_dirs, monkeypatch):
-    demo = demo_dirs("qwen2_5_vl")
-    model, processor, _ = load_model(str(demo / "model"), "cpu")
-    answer_tokens(model, processor, monkeypatch)
-    videos = three_videos(demo, model, processor, questions=3)
+    model, processor, videos = model_and_videos(demo_dirs, "qwen2_5_vl", monkeypatch, questions=3)
     prefix, texts = videos[1]
     longer = prefix.text + " and once more," * 20 + texts[0][len(prefix.text) :]
     videos.append((prefix, [longer]))
